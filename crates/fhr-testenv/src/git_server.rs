@@ -1,0 +1,335 @@
+//! A git server on loopback: repositories served over smart HTTP by the real `git http-backend`,
+//! with optional basic auth, and a working copy per repository that a test commits to while daemons
+//! watch it.
+
+use crate::workdir::WorkDir;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
+
+/// Largest request body the server reads (a fetch negotiation is a few KiB).
+const MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// Options for [`GitServer::start`].
+#[derive(Debug, Clone, Default)]
+pub struct GitServerOptions {
+    /// Require this user and password (HTTP basic auth) on every request.
+    pub basic_auth: Option<(String, String)>,
+}
+
+struct Shared {
+    root: PathBuf,
+    basic_auth: Option<(String, String)>,
+    requests: AtomicU64,
+    available: AtomicBool,
+}
+
+/// A running git server; stops when dropped.
+pub struct GitServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+    dir: WorkDir,
+}
+
+impl GitServer {
+    /// Starts a server on a free loopback port in the current tokio runtime.
+    pub async fn start(options: GitServerOptions) -> std::io::Result<GitServer> {
+        let dir = WorkDir::create("git-server")?;
+        let root = dir.path().join("srv");
+        std::fs::create_dir_all(&root)?;
+        let shared = Arc::new(Shared {
+            root,
+            basic_auth: options.basic_auth,
+            requests: AtomicU64::new(0),
+            available: AtomicBool::new(true),
+        });
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(serve)
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(GitServer {
+            addr,
+            shared,
+            task,
+            dir,
+        })
+    }
+
+    /// The URL of a repository on this server.
+    pub fn url(&self, repo: &str) -> String {
+        format!("http://{}/{repo}.git", self.addr)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many HTTP requests the server has answered.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// While false, every request gets 503, as from a git host that is down.
+    pub fn set_available(&self, available: bool) {
+        self.shared.available.store(available, Ordering::Relaxed);
+    }
+
+    /// Creates an empty repository on the server, with a working copy to commit from, on `branch`.
+    pub fn create_repo(&self, name: &str, branch: &str) -> std::io::Result<TestRepo> {
+        let bare = self.shared.root.join(format!("{name}.git"));
+        let work = self.dir.path().join("work").join(name);
+        std::fs::create_dir_all(&work)?;
+        git(
+            &self.shared.root,
+            &["init", "--quiet", "--bare", &format!("{name}.git")],
+        )?;
+        git(
+            &bare,
+            &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")],
+        )?;
+        git(&work, &["init", "--quiet", "-b", branch])?;
+        git(&work, &["remote", "add", "origin", &bare.to_string_lossy()])?;
+        Ok(TestRepo {
+            work,
+            branch: branch.to_owned(),
+        })
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The working copy of a served repository.
+#[derive(Debug)]
+pub struct TestRepo {
+    work: PathBuf,
+    branch: String,
+}
+
+impl TestRepo {
+    /// The working copy's folder.
+    pub fn path(&self) -> &Path {
+        &self.work
+    }
+
+    /// Writes a file (creating folders) in the working copy.
+    pub fn write(&self, path: &str, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+        let target = self.work.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(target, contents)
+    }
+
+    /// Removes a file or folder from the working copy.
+    pub fn remove(&self, path: &str) -> std::io::Result<()> {
+        let target = self.work.join(path);
+        if target.is_dir() {
+            std::fs::remove_dir_all(target)
+        } else {
+            std::fs::remove_file(target)
+        }
+    }
+
+    /// Copies a folder tree into the working copy at `to`.
+    pub fn copy_dir(&self, from: &Path, to: &str) -> std::io::Result<()> {
+        copy_tree(from, &self.work.join(to))
+    }
+
+    /// Commits everything in the working copy and pushes it; returns the commit id.
+    pub fn commit(&self, message: &str) -> std::io::Result<String> {
+        git(&self.work, &["add", "--all"])?;
+        git(
+            &self.work,
+            &["commit", "--quiet", "--allow-empty", "-m", message],
+        )?;
+        git(&self.work, &["push", "--quiet", "origin", &self.branch])?;
+        self.head()
+    }
+
+    /// The commit id at the branch's tip.
+    pub fn head(&self) -> std::io::Result<String> {
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// The git tree id of a folder at the branch's tip.
+    pub fn tree_id(&self, path: &str) -> std::io::Result<String> {
+        git(&self.work, &["rev-parse", &format!("HEAD:{path}")])
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs git with a fixed identity and no user or system configuration; returns trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> std::io::Result<String> {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "flux-helm test")
+        .env("GIT_AUTHOR_EMAIL", "test@flux-helm.invalid")
+        .env("GIT_COMMITTER_NAME", "flux-helm test")
+        .env("GIT_COMMITTER_EMAIL", "test@flux-helm.invalid")
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "git {} in {}: {}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let Some((user, password)) = &shared.basic_auth else {
+        return true;
+    };
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .is_some_and(|given| given == expected)
+}
+
+async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    if !shared.available.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if !authorized(&shared, request.headers()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
+        )
+            .into_response();
+    }
+    match http_backend(&shared, request).await {
+        Ok(response) => response,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Runs one request through `git http-backend` as a CGI program.
+async fn http_backend(shared: &Shared, request: Request) -> std::io::Result<Response> {
+    let (parts, body) = request.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BODY)
+        .await
+        .map_err(std::io::Error::other)?;
+    let header_text = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &shared.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("REQUEST_METHOD", parts.method.as_str())
+        .env("PATH_INFO", parts.uri.path())
+        .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
+        .env("CONTENT_TYPE", header_text(header::CONTENT_TYPE))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env(
+            "HTTP_CONTENT_ENCODING",
+            header_text(header::CONTENT_ENCODING),
+        )
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(protocol) = parts
+        .headers
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+    {
+        // Protocol v2 is negotiated through this variable.
+        command.env("GIT_PROTOCOL", protocol);
+    }
+    if shared.basic_auth.is_some() {
+        command.env("REMOTE_USER", "git");
+    }
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let output = child.wait_with_output().await?;
+    let _ = writer.await;
+    parse_cgi(&output.stdout)
+}
+
+fn parse_cgi(output: &[u8]) -> std::io::Result<Response> {
+    let (head, body) = match find(output, b"\r\n\r\n") {
+        Some(i) => (&output[..i], &output[i + 4..]),
+        None => match find(output, b"\n\n") {
+            Some(i) => (&output[..i], &output[i + 2..]),
+            None => return Err(std::io::Error::other("http-backend wrote no headers")),
+        },
+    };
+    let mut response = Response::new(Body::from(body.to_vec()));
+    for line in String::from_utf8_lossy(head).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap_or("500");
+            *response.status_mut() = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        } else if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(name.trim()),
+            HeaderValue::try_from(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Ok(response)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

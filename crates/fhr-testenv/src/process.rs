@@ -1,0 +1,156 @@
+//! Child processes that never outlive the process that started them.
+//!
+//! Tests share one control plane per test binary through a `static`, whose destructor never runs,
+//! and a panicking or killed test must not leave an etcd behind. Linux's parent-death signal kills
+//! a child when the *thread* that forked it exits, so every child is forked from one thread that
+//! lives as long as the process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("fhr-testenv-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A running child process with its output in a log file; stopped when dropped.
+#[derive(Debug)]
+pub struct OwnedChild {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl OwnedChild {
+    /// Starts `command`, its stdout and stderr appended to `log`, killed if this process dies.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        die_with_parent(&mut command);
+        let (tx, rx) = mpsc::channel();
+        spawner()
+            .lock()
+            .expect("spawner lock")
+            .send((command, tx))
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+        let child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))??;
+        Ok(OwnedChild {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's name as given to [`OwnedChild::spawn`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The log file path.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of the log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// Sends SIGKILL at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to end, then SIGKILL.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.try_wait() {
+            return Some(status);
+        }
+        signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
+    }
+}
+
+/// Sends a signal to a process (SIGTERM, SIGKILL, SIGSTOP, …).
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid we own; the worst case is ESRCH for a process already gone.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// The last `lines` lines of a text file, or a note that it could not be read.
+pub fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}

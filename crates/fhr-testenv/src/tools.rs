@@ -1,0 +1,241 @@
+//! Where the control-plane binaries and `helm` live.
+//!
+//! `cargo xtask tools` builds them from the pinned Go modules under `tools/` into a cache outside
+//! the repository, in a folder named after a digest of those modules, so a version bump builds anew
+//! and an unchanged pin is never rebuilt. `KUBEBUILDER_ASSETS` (a folder with `kube-apiserver` and
+//! `etcd`, envtest's convention) and `HELM_BIN` point at existing binaries instead.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// A pinned Go module under `tools/` that builds some binaries.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolModule {
+    /// Short name, used in the cache folder name.
+    pub name: &'static str,
+    /// Folder under `tools/` holding `go.mod`.
+    pub dir: &'static str,
+    /// The module whose version names the cache folder.
+    pub versioned_module: &'static str,
+    /// (binary name, Go package) pairs the module builds.
+    pub binaries: &'static [(&'static str, &'static str)],
+    /// Go variables the release build stamps, as `(variable, value)`; `{version}`, `{major}` and
+    /// `{minor}` stand for the pinned version's parts.
+    pub stamps: &'static [(&'static str, &'static str)],
+    /// Files of the module whose contents key the cache.
+    sources: &'static [&'static str],
+}
+
+/// The control plane: kube-apiserver and the etcd it pins.
+pub const CONTROL_PLANE: ToolModule = ToolModule {
+    name: "kube-apiserver",
+    dir: "controlplane",
+    versioned_module: "k8s.io/kubernetes",
+    binaries: &[
+        ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
+        ("etcd", "./etcd"),
+    ],
+    // Without these /version says v0.0.0-master, and charts with a kubeVersion constraint fail.
+    stamps: &[
+        ("k8s.io/component-base/version.gitVersion", "{version}"),
+        ("k8s.io/component-base/version.gitMajor", "{major}"),
+        ("k8s.io/component-base/version.gitMinor", "{minor}"),
+        ("k8s.io/component-base/version.gitTreeState", "clean"),
+    ],
+    sources: &[
+        include_str!("../../../tools/controlplane/go.mod"),
+        include_str!("../../../tools/controlplane/go.sum"),
+        include_str!("../../../tools/controlplane/etcd/main.go"),
+    ],
+};
+
+/// The helm CLI.
+pub const HELM: ToolModule = ToolModule {
+    name: "helm",
+    dir: "helm",
+    versioned_module: "helm.sh/helm/v3",
+    binaries: &[("helm", "helm.sh/helm/v3/cmd/helm")],
+    stamps: &[
+        ("helm.sh/helm/v3/internal/version.version", "{version}"),
+        ("helm.sh/helm/v3/internal/version.gitTreeState", "clean"),
+    ],
+    sources: &[
+        include_str!("../../../tools/helm/go.mod"),
+        include_str!("../../../tools/helm/go.sum"),
+    ],
+};
+
+impl ToolModule {
+    /// The pinned version of [`ToolModule::versioned_module`], read from `go.mod`.
+    pub fn version(&self) -> &'static str {
+        self.sources[0]
+            .lines()
+            .map(str::trim)
+            .find_map(|line| {
+                let rest = line
+                    .strip_prefix("require ")
+                    .unwrap_or(line)
+                    .strip_prefix(self.versioned_module)?;
+                rest.split_whitespace().next()
+            })
+            .unwrap_or("unknown")
+    }
+
+    /// The `-ldflags` of the build: stripped, with the version stamped as the release build does.
+    pub fn ldflags(&self) -> String {
+        let version = self.version();
+        let mut parts = version.trim_start_matches('v').split('.');
+        let (major, minor) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut flags = String::from("-s -w");
+        for (variable, value) in self.stamps {
+            let value = value
+                .replace("{version}", version)
+                .replace("{major}", major)
+                .replace("{minor}", minor);
+            flags.push_str(&format!(" -X {variable}={value}"));
+        }
+        flags
+    }
+
+    /// The cache folder for this module's binaries: version plus a digest of the pinned sources
+    /// and the build flags.
+    pub fn cache_dir(&self) -> PathBuf {
+        let mut digest = Sha256::new();
+        for source in self
+            .sources
+            .iter()
+            .copied()
+            .chain([self.ldflags().as_str()])
+        {
+            digest.update(source.as_bytes());
+            digest.update([0]);
+        }
+        let digest = digest.finalize();
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        cache_root()
+            .join("tools")
+            .join(format!("{}-{}-{short}", self.name, self.version()))
+    }
+}
+
+/// Root of everything flux-helm caches on this machine: `$FLUX_HELM_CACHE`, else
+/// `$XDG_CACHE_HOME/flux-helm`, else `~/.cache/flux-helm`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLUX_HELM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("flux-helm");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("flux-helm")
+}
+
+/// The tools folder of this repository (holding the pinned Go modules).
+pub fn tools_source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools")
+}
+
+/// A binary the tests need is missing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{binary} not found at {}: run `cargo xtask tools` to build it, or set {hint}",
+    path.display()
+)]
+pub struct MissingTool {
+    /// The binary's name.
+    pub binary: &'static str,
+    /// Where it was looked for.
+    pub path: PathBuf,
+    /// The environment variable that overrides the location.
+    pub hint: &'static str,
+}
+
+/// Paths of the binaries the control plane and the tests run.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `kube-apiserver`.
+    pub kube_apiserver: PathBuf,
+    /// `etcd`.
+    pub etcd: PathBuf,
+    /// `helm`.
+    pub helm: PathBuf,
+}
+
+impl Tools {
+    /// Finds every binary, honouring `KUBEBUILDER_ASSETS` and `HELM_BIN`; an error names what is missing.
+    pub fn locate() -> Result<Tools, MissingTool> {
+        let assets = std::env::var_os("KUBEBUILDER_ASSETS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| CONTROL_PLANE.cache_dir());
+        let helm = std::env::var_os("HELM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| HELM.cache_dir().join("helm"));
+        let tools = Tools {
+            kube_apiserver: assets.join("kube-apiserver"),
+            etcd: assets.join("etcd"),
+            helm,
+        };
+        for (binary, path, hint) in [
+            (
+                "kube-apiserver",
+                &tools.kube_apiserver,
+                "KUBEBUILDER_ASSETS",
+            ),
+            ("etcd", &tools.etcd, "KUBEBUILDER_ASSETS"),
+            ("helm", &tools.helm, "HELM_BIN"),
+        ] {
+            if !path.is_file() {
+                return Err(MissingTool {
+                    binary,
+                    path: path.clone(),
+                    hint,
+                });
+            }
+        }
+        Ok(tools)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_the_pinned_modules() {
+        assert!(
+            CONTROL_PLANE.version().starts_with("v1."),
+            "{}",
+            CONTROL_PLANE.version()
+        );
+        assert!(HELM.version().starts_with("v3."), "{}", HELM.version());
+    }
+
+    #[test]
+    fn builds_stamp_the_pinned_version() {
+        let flags = CONTROL_PLANE.ldflags();
+        let version = CONTROL_PLANE.version();
+        assert!(
+            flags.contains(&format!("version.gitVersion={version}")),
+            "{flags}"
+        );
+        let minor = version.split('.').nth(1).unwrap();
+        assert!(
+            flags.contains(&format!("version.gitMinor={minor}")),
+            "{flags}"
+        );
+        assert!(
+            HELM.ldflags()
+                .contains(&format!("version.version={}", HELM.version()))
+        );
+    }
+
+    #[test]
+    fn cache_dirs_differ_per_module_and_name_the_version() {
+        let cp = CONTROL_PLANE.cache_dir();
+        let helm = HELM.cache_dir();
+        assert_ne!(cp, helm);
+        let name = cp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!("kube-apiserver-{}-", CONTROL_PLANE.version())));
+    }
+}
