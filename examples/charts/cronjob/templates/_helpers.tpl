@@ -1,0 +1,3 @@
+{{- define "cronjob.name" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}

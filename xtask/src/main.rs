@@ -1,0 +1,69 @@
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `crd [--check]`: write (or verify) `deploy/crds/` from the Rust types.
+//! - `tools`: build and cache kube-apiserver, etcd and helm from the pinned Go modules.
+//! - `test`: every check and test, as CI runs it.
+
+mod crd;
+mod test;
+mod tools;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "flux-helm's project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Write deploy/crds/ from the Rust types (or, with --check, fail if it is stale).
+    Crd {
+        /// Fail instead of writing when the committed YAML differs from the generated YAML.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build and cache kube-apiserver, etcd and helm from the pinned Go modules under tools/.
+    Tools {
+        /// Rebuild even when the cache already holds the binaries.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run every check and test: formatting, lints, CRD drift, unit and end-to-end tests.
+    Test {
+        /// Arguments passed on to `cargo test` (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Crd { check } => crd::run(check),
+        Task::Tools { force } => tools::run(force),
+        Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_owned()
+}
+
+/// Runs a command from the workspace root, failing with its name when it fails.
+fn run_step(name: &str, command: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("==> {name}");
+    let status = command
+        .current_dir(root())
+        .status()
+        .map_err(|e| anyhow::anyhow!("{name}: cannot start {:?}: {e}", command.get_program()))?;
+    anyhow::ensure!(status.success(), "{name} failed ({status})");
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `cargo xtask test`: the README's test command, and what CI runs.
+
+use std::process::Command;
+
+pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::tools::run(false)?;
+    crate::run_step(
+        "cargo fmt --check",
+        Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),
+    )?;
+    crate::run_step(
+        "cargo clippy",
+        Command::new(&cargo).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    eprintln!("==> cargo xtask crd --check");
+    crate::crd::run(true)?;
+    crate::run_step(
+        "cargo test (unit and end-to-end)",
+        Command::new(&cargo)
+            .args(["test", "--workspace"])
+            .args(cargo_test_args),
+    )?;
+    Ok(())
+}
