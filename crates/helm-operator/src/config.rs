@@ -1,0 +1,49 @@
+//! helm-operator's command line.
+
+use clap::Parser;
+use fhr_runtime::cli::{GitArgs, LeaderArgs, ServeArgs, parse_interval};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Installs, upgrades, rolls back and uninstalls the Helm releases that FluxHelmRelease objects
+/// describe, with charts taken from a git repository.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "helm-operator", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub git: GitArgs,
+
+    /// Folder of the repository holding one folder per chart.
+    #[arg(long, env = "CHARTS_PATH", default_value = "charts")]
+    pub charts_path: String,
+
+    /// How often every release is checked again even when nothing changed (drift, lost events).
+    #[arg(long, env = "CHARTS_SYNC_INTERVAL", default_value = "3m", value_parser = parse_interval)]
+    pub charts_sync_interval: Duration,
+
+    /// How many releases are reconciled at once.
+    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+
+    /// The helm (v3) binary.
+    #[arg(long, env = "HELM_BIN", default_value = "helm")]
+    pub helm_bin: PathBuf,
+
+    /// How long a Helm action may take when the resource sets no `timeout`.
+    #[arg(long, env = "HELM_TIMEOUT", default_value = "5m", value_parser = parse_interval)]
+    pub helm_timeout: Duration,
+
+    /// Only watch FluxHelmRelease objects in this namespace (default: all namespaces).
+    #[arg(long, env = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Folder for the git mirror, exported charts and Helm's cache (default: a temporary folder).
+    #[arg(long, env = "STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
