@@ -8,6 +8,7 @@ mod mirror;
 mod snapshot;
 mod source;
 
+pub use gix::ObjectId;
 pub use mirror::Mirror;
 pub use snapshot::{Limits, Snapshot, TreeFile};
 pub use source::{Auth, Source};

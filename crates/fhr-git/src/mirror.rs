@@ -19,6 +19,9 @@ pub struct Mirror {
 impl Mirror {
     /// Opens (or creates) a mirror in `dir`.
     pub fn new(dir: &Path, source: Source) -> Result<Mirror, GitError> {
+        // reqwest is built without a crypto provider; ring serves the whole process. An error
+        // only means a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(dir).map_err(|e| GitError::Io(dir.to_owned(), e))?;
         Ok(Mirror {
             dir: dir.to_owned(),

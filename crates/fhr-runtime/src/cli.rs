@@ -53,6 +53,39 @@ pub struct GitArgs {
     pub git_allow_insecure_http: bool,
 }
 
+impl GitArgs {
+    /// The git source these flags describe; refuses credentials in the URL, over plain http://
+    /// without `--git-allow-insecure-http`, and ssh:// without a key and known_hosts.
+    pub fn source(&self) -> Result<fhr_git::Source, fhr_git::GitError> {
+        let auth = match (
+            &self.ssh_key_path,
+            &self.known_hosts_path,
+            &self.git_password_file,
+        ) {
+            (Some(key), Some(known_hosts), _) => fhr_git::Auth::Ssh {
+                key_path: key.clone(),
+                known_hosts_path: known_hosts.clone(),
+            },
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(fhr_git::GitError::InvalidUrl(
+                    "--ssh-key-path and --known-hosts-path go together".into(),
+                ));
+            }
+            (None, None, Some(password)) => fhr_git::Auth::Basic {
+                username_file: self.git_username_file.clone(),
+                password_file: password.clone(),
+            },
+            (None, None, None) => fhr_git::Auth::None,
+        };
+        fhr_git::Source::new(
+            &self.git_url,
+            &self.git_branch,
+            auth,
+            self.git_allow_insecure_http,
+        )
+    }
+}
+
 /// Log output format.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

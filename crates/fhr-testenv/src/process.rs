@@ -94,6 +94,19 @@ impl OwnedChild {
         &self.log
     }
 
+    /// Whether the process is still running (an exited child not yet reaped counts as ended).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                state.is_some_and(|s| s != "Z" && s != "X")
+            })
+            .unwrap_or(false)
+    }
+
     /// The exit status if the process has ended.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -25,3 +25,58 @@ pub mod condition {
     /// kstatus: progress stopped on an error that retrying alone will not fix.
     pub const STALLED: &str = "Stalled";
 }
+
+/// Labels helm-operator puts on every Helm release record it writes (through `helm --labels`),
+/// so that ownership and "in sync" are read from Helm's own storage.
+pub mod release_label {
+    /// Namespace of the FluxHelmRelease that manages the release.
+    pub const OWNER_NAMESPACE: &str = "helm.integrations.flux.weave.works/owner-namespace";
+    /// Name of the FluxHelmRelease that manages the release (hashed when longer than a label value).
+    pub const OWNER_NAME: &str = "helm.integrations.flux.weave.works/owner-name";
+    /// Digest of the chart tree and values this revision was made from.
+    pub const DIGEST: &str = "helm.integrations.flux.weave.works/digest";
+}
+
+/// Condition reasons: CamelCase, stable, documented in docs/troubleshooting.md.
+pub mod reason {
+    /// The release is deployed from the current chart and values.
+    pub const RELEASE_IN_SYNC: &str = "ReleaseInSync";
+    /// `helm upgrade --install` installed the release.
+    pub const INSTALL_SUCCEEDED: &str = "InstallSucceeded";
+    /// Installing failed.
+    pub const INSTALL_FAILED: &str = "InstallFailed";
+    /// `helm upgrade` upgraded the release.
+    pub const UPGRADE_SUCCEEDED: &str = "UpgradeSucceeded";
+    /// Upgrading failed.
+    pub const UPGRADE_FAILED: &str = "UpgradeFailed";
+    /// The release was rolled back after a failed upgrade.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// Rolling back failed.
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    /// Uninstalling failed (the resource keeps its finalizer until it succeeds).
+    pub const UNINSTALL_FAILED: &str = "UninstallFailed";
+    /// A release left pending by an interrupted action was unlocked.
+    pub const UNLOCKED: &str = "Unlocked";
+    /// A Helm action is running.
+    pub const PROGRESSING: &str = "Progressing";
+    /// `spec.chartGitPath` is not a safe relative path.
+    pub const INVALID_CHART_PATH: &str = "InvalidChartPath";
+    /// The release name is not valid.
+    pub const INVALID_RELEASE_NAME: &str = "InvalidReleaseName";
+    /// `spec.values` does not make a values tree.
+    pub const INVALID_VALUES: &str = "InvalidValues";
+    /// Another field of the spec is unusable (a timeout, …).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The chart folder does not exist at the fetched commit.
+    pub const CHART_NOT_FOUND: &str = "ChartNotFound";
+    /// The chart folder holds something refused (a symlink leaving it, a file too large, …).
+    pub const CHART_REFUSED: &str = "ChartRefused";
+    /// The chart folder was read from git.
+    pub const CHART_FETCHED: &str = "ChartFetched";
+    /// No commit has been fetched yet.
+    pub const GIT_NOT_SYNCED: &str = "GitNotSynced";
+    /// The release belongs to another FluxHelmRelease, or to nobody and adoption was not asked for.
+    pub const RELEASE_CONFLICT: &str = "ReleaseConflict";
+    /// `spec.suspend` is true.
+    pub const SUSPENDED: &str = "Suspended";
+}

@@ -506,3 +506,39 @@ mod tests {
         assert_eq!(Value::Object(v.to_tree().unwrap()), json!({"a": {"b": 1}}));
     }
 }
+
+/// Merges `overlay` into `base`: maps merge key by key, recursively; anything else in `overlay`
+/// replaces what `base` has (as Helm coalesces values files).
+pub fn merge_into(base: &mut Map<String, Value>, overlay: Map<String, Value>) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Object(existing)), Value::Object(incoming)) => {
+                merge_into(existing, incoming)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn maps_merge_deeply_and_other_values_replace() {
+        let Value::Object(mut base) = json!({"a": {"x": 1, "y": [1, 2]}, "b": 1}) else {
+            unreachable!()
+        };
+        let Value::Object(overlay) = json!({"a": {"y": [3], "z": true}, "b": {"c": 2}}) else {
+            unreachable!()
+        };
+        merge_into(&mut base, overlay);
+        assert_eq!(
+            Value::Object(base),
+            json!({"a": {"x": 1, "y": [3], "z": true}, "b": {"c": 2}})
+        );
+    }
+}

@@ -1,12 +1,143 @@
 //! helm-operator: FluxHelmRelease objects and charts in git become Helm releases.
 
+mod charts;
 mod config;
+mod decide;
+mod desired;
+mod gitwatch;
+mod helm;
+mod metrics;
+mod reconcile;
+mod status;
+mod storage;
 
+use anyhow::Context as _;
 use clap::Parser;
+use fhr_runtime::{Health, admin, shutdown};
+use fhr_types::FluxHelmRelease;
+use fhr_types::meta::RECONCILE_REQUEST_ANNOTATION;
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();
     fhr_runtime::logging::init(&config.serve)?;
-    tracing::info!(git_url = %config.git.git_url, branch = %config.git.git_branch, "helm-operator configured");
-    anyhow::bail!("the release controller is not built yet")
+    shutdown::run(operate(config))
+}
+
+async fn operate(config: config::Config) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
+    let health = Arc::new(Health::default());
+    health.set_not_ready("starting");
+    let admin = tokio::spawn(admin::serve(
+        config.serve.listen,
+        Arc::new(registry),
+        health.clone(),
+        axum::Router::new(),
+        shutdown.clone(),
+    ));
+
+    // A temporary state folder lives as long as `_temporary`.
+    let (state_dir, _temporary) = match &config.state_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("helm-operator-")
+                .tempdir()?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    let source = config.git.source().context("--git-url")?;
+    let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
+    let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
+    let helm = helm::HelmCli::new(config.helm_bin.clone(), state_dir.join("helm"))?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client configuration")?;
+    if !fhr_runtime::kube::wait_for_crd(&client, &health, &shutdown).await {
+        return Ok(());
+    }
+    let api: Api<FluxHelmRelease> = match &config.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    // Status writes change the object too; only what can change a decision starts a reconcile.
+    let objects = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(decision_inputs, Default::default());
+    let (view_tx, view_rx) = tokio::sync::watch::channel(reconcile::GitView::default());
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let git = gitwatch::GitWatch {
+        mirror,
+        timeout: config.git.git_timeout,
+        interval: config.git.git_poll_interval,
+        charts_path: config.charts_path.clone(),
+        view: view_tx,
+        store: reader.clone(),
+        trigger: trigger_tx,
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    tokio::spawn(git.run(shutdown.clone()));
+
+    let reporter = Reporter {
+        controller: "helm-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(reconcile::Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        helm,
+        charts,
+        git: view_rx,
+        metrics,
+        settings: reconcile::Settings {
+            charts_path: config.charts_path.clone(),
+            default_timeout: config.helm_timeout,
+            sync_interval: config.charts_sync_interval,
+        },
+    });
+    tracing::info!(workers = config.workers, "controller starting");
+    Controller::for_stream(objects, reader)
+        .reconcile_on(trigger_rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.workers))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    health.set_not_ready("shutting down");
+    shutdown.cancel();
+    admin.await??;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// What a reconcile decision depends on besides git and storage: the spec (generation), a
+/// reconcile request, deletion and finalizers.
+fn decision_inputs(fhr: &FluxHelmRelease) -> Option<u64> {
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    fhr.metadata.generation.hash(&mut hash);
+    fhr.annotations()
+        .get(RECONCILE_REQUEST_ANNOTATION)
+        .hash(&mut hash);
+    fhr.metadata.deletion_timestamp.is_some().hash(&mut hash);
+    fhr.finalizers().hash(&mut hash);
+    Some(hash.finish())
 }

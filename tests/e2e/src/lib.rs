@@ -8,6 +8,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod operator;
+
 pub use fhr_testenv::{ControlPlane, create_namespace, shared_control_plane, unique_name};
 
 /// Field manager the tests apply with.
@@ -109,4 +111,179 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>) {
             files.push(path);
         }
     }
+}
+
+/// A daemon under test: its process (stopped when dropped), admin address and log.
+pub struct Daemon {
+    /// The process.
+    pub process: fhr_testenv::OwnedChild,
+    /// Where /metrics, /healthz and /readyz answer.
+    pub admin: std::net::SocketAddr,
+    name: &'static str,
+}
+
+/// The path of a workspace binary, built (once per test process) so that `cargo test -p e2e`
+/// alone runs the current code.
+pub fn daemon_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let output = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "helm-operator",
+                    "-p",
+                    "flux-agent",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !output.status.success() {
+                return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+            }
+            // tests run from target/<profile>/deps/
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            Ok(exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .to_owned())
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("building the daemons failed:\n{e}"));
+    dir.join(name)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Daemon {
+    /// Starts `name` (`helm-operator` or `flux-agent`) with `args`, `KUBECONFIG` set to
+    /// `kubeconfig`, its admin server on a free port, and its log in `dir`.
+    pub fn start(name: &'static str, kubeconfig: &Path, dir: &Path, args: &[String]) -> Daemon {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = std::process::Command::new(daemon_binary(name));
+        command
+            .args(args)
+            .arg(format!("--listen={admin}"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,helm_operator=debug,flux_agent=debug")
+            .env_remove("GIT_URL");
+        let log = dir.join(format!("{name}-{}.log", admin.port()));
+        let process =
+            fhr_testenv::OwnedChild::spawn(name, command, &log).expect("start the daemon");
+        Daemon {
+            process,
+            admin,
+            name,
+        }
+    }
+
+    /// GET a path of the admin server: (status code, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(self.admin, path).await
+    }
+
+    /// The sum of every sample of a metric (all label sets), or 0 when it has none yet.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        metric_sum(&body, name)
+    }
+
+    /// Waits until `/readyz` answers 200; fails at once if the process exits.
+    pub async fn wait_ready(&self) {
+        let name = self.name;
+        eventually(
+            &format!("{name} to be ready"),
+            Duration::from_secs(60),
+            || async {
+                if !self.process.is_running() {
+                    panic!("{name} exited\n{}", self.log_tail());
+                }
+                match self.get("/readyz").await {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("{code} {body}\n{}", self.log_tail())),
+                    Err(e) => Err(format!("{e}\n{}", self.log_tail())),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The end of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        format!("--- {} log ---\n{}", self.name, self.process.log_tail(40))
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text (OpenMetrics adds `_total` to counters).
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// A minimal HTTP/1.0 GET against a loopback address.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path, &[], b"").await
+}
+
+/// A minimal HTTP/1.0 request against a loopback address: (status code, body).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| "no response within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {head}"))?;
+    Ok((code, body.to_owned()))
 }

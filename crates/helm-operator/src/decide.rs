@@ -1,0 +1,409 @@
+//! The release state machine: classify what Helm's storage says into a named state, then map each
+//! state to exactly one action. Pure: the reconciler gathers the facts, this decides.
+
+use std::fmt;
+
+/// Helm's status of a release revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelmStatus {
+    /// `deployed`
+    Deployed,
+    /// `failed`
+    Failed,
+    /// `superseded`
+    Superseded,
+    /// `uninstalled` (kept with `--keep-history`)
+    Uninstalled,
+    /// `pending-install`, `pending-upgrade`, `pending-rollback`, `uninstalling`: an action is (or
+    /// was, if it was interrupted) in flight.
+    Pending(String),
+    /// Anything else Helm may write.
+    Other(String),
+}
+
+impl HelmStatus {
+    /// Parses the `status` label of a Helm storage Secret.
+    pub fn parse(status: &str) -> HelmStatus {
+        match status {
+            "deployed" => HelmStatus::Deployed,
+            "failed" => HelmStatus::Failed,
+            "superseded" => HelmStatus::Superseded,
+            "uninstalled" => HelmStatus::Uninstalled,
+            s if s.starts_with("pending-") || s == "uninstalling" => {
+                HelmStatus::Pending(s.to_owned())
+            }
+            s => HelmStatus::Other(s.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for HelmStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HelmStatus::Deployed => f.write_str("deployed"),
+            HelmStatus::Failed => f.write_str("failed"),
+            HelmStatus::Superseded => f.write_str("superseded"),
+            HelmStatus::Uninstalled => f.write_str("uninstalled"),
+            HelmStatus::Pending(s) | HelmStatus::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The FluxHelmRelease a release record names as its manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name (or the label form of it).
+    pub name: String,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One revision of a release, as its storage Secret's labels describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// Helm's revision number.
+    pub number: i64,
+    /// Its status.
+    pub status: HelmStatus,
+    /// Who manages it, if helm-operator wrote it.
+    pub owner: Option<Owner>,
+    /// The digest it was made from, if helm-operator wrote it.
+    pub digest: Option<String>,
+}
+
+/// What the reconciler knows when it decides.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// The resource being reconciled, as an owner.
+    pub me: &'a Owner,
+    /// `spec.releaseName` was set explicitly: an unmanaged release of that name may be adopted.
+    pub adopt: bool,
+    /// Digest of the chart tree and values the spec asks for.
+    pub desired_digest: &'a str,
+    /// The newest revision in storage.
+    pub latest: Option<&'a Revision>,
+    /// The newest revision with status `deployed`, if any.
+    pub last_deployed: Option<i64>,
+    /// `spec.rollback.enable`.
+    pub rollback_enabled: bool,
+    /// `status.lastAttemptedDigest`: what the previous attempt tried.
+    pub last_attempted_digest: Option<&'a str>,
+    /// `status.revision`: the revision this operator last wrote or found in sync. Helm merges the
+    /// previous revision's labels into a hand-made upgrade, so the digest label alone cannot
+    /// tell a hand-made revision from ours.
+    pub recorded_revision: Option<i64>,
+}
+
+/// The release's state, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseState {
+    /// No release of that name.
+    Absent,
+    /// Managed by another FluxHelmRelease.
+    OwnedByOther(Owner),
+    /// A release nobody manages, and adoption was not asked for.
+    Unmanaged,
+    /// A release nobody manages, named explicitly: take it over.
+    Adoptable,
+    /// Left `pending-*` by an action that did not finish (the operator acts on one release at a
+    /// time, so a pending release it finds is not in flight).
+    Locked(HelmStatus),
+    /// The last attempt at this exact digest failed, and there is a deployed revision to go back to.
+    FailedWithRollback(i64),
+    /// The last attempt at this exact digest failed and was already rolled back.
+    RolledBack,
+    /// Failed, and no revision was ever deployed: the failed install must be removed first.
+    FailedInstall,
+    /// Failed (retry, or the spec changed since).
+    Failed,
+    /// Deployed from another chart or values.
+    OutOfSync,
+    /// Deployed from exactly the desired chart and values.
+    InSync,
+}
+
+/// What to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `helm upgrade --install`.
+    Install,
+    /// `helm upgrade` (also how an adopted release gets our labels).
+    Upgrade,
+    /// Mark the pending revision failed in storage; the next reconcile remediates.
+    Unlock,
+    /// `helm rollback` to the given revision.
+    Rollback(i64),
+    /// `helm uninstall` a failed first install, then install again.
+    Reinstall,
+    /// Nothing to do.
+    Nothing,
+    /// Report a conflict; never touch the release.
+    Conflict(String),
+}
+
+/// Names the state of the release.
+pub fn classify(facts: &Facts<'_>) -> ReleaseState {
+    let Some(latest) = facts.latest else {
+        return ReleaseState::Absent;
+    };
+    match &latest.owner {
+        Some(owner) if owner != facts.me => return ReleaseState::OwnedByOther(owner.clone()),
+        None if !facts.adopt => return ReleaseState::Unmanaged,
+        None => return ReleaseState::Adoptable,
+        Some(_) => {}
+    }
+    let desired = Some(facts.desired_digest);
+    match &latest.status {
+        HelmStatus::Pending(_) => ReleaseState::Locked(latest.status.clone()),
+        HelmStatus::Deployed
+            if latest.digest.as_deref() == desired
+                && facts.recorded_revision.is_none_or(|r| r == latest.number) =>
+        {
+            ReleaseState::InSync
+        }
+        // A rollback's revision carries the labels of the revision it restored, so it is deployed
+        // with an older digest right after this digest failed.
+        HelmStatus::Deployed
+            if facts.rollback_enabled && facts.last_attempted_digest == desired =>
+        {
+            ReleaseState::RolledBack
+        }
+        HelmStatus::Deployed => ReleaseState::OutOfSync,
+        HelmStatus::Failed
+        | HelmStatus::Uninstalled
+        | HelmStatus::Superseded
+        | HelmStatus::Other(_) => match facts.last_deployed {
+            None => ReleaseState::FailedInstall,
+            Some(revision)
+                if facts.rollback_enabled
+                    && latest.digest.as_deref() == desired
+                    && facts.last_attempted_digest == desired =>
+            {
+                ReleaseState::FailedWithRollback(revision)
+            }
+            Some(_) => ReleaseState::Failed,
+        },
+    }
+}
+
+/// Maps a state to its one action.
+pub fn decide(state: &ReleaseState, release: &str) -> Action {
+    match state {
+        ReleaseState::Absent => Action::Install,
+        ReleaseState::OwnedByOther(owner) => Action::Conflict(format!(
+            "release {release} is managed by FluxHelmRelease {owner}; give this resource another releaseName"
+        )),
+        ReleaseState::Unmanaged => Action::Conflict(format!(
+            "release {release} exists and is not managed by helm-operator; set spec.releaseName: {release} explicitly to adopt it"
+        )),
+        ReleaseState::Adoptable => Action::Upgrade,
+        ReleaseState::Locked(_) => Action::Unlock,
+        ReleaseState::FailedWithRollback(revision) => Action::Rollback(*revision),
+        ReleaseState::RolledBack => Action::Nothing,
+        ReleaseState::FailedInstall => Action::Reinstall,
+        ReleaseState::Failed | ReleaseState::OutOfSync => Action::Upgrade,
+        ReleaseState::InSync => Action::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Owner {
+        Owner {
+            namespace: "team".into(),
+            name: "web".into(),
+        }
+    }
+
+    fn revision(number: i64, status: &str, owner: Option<Owner>, digest: &str) -> Revision {
+        Revision {
+            number,
+            status: HelmStatus::parse(status),
+            owner,
+            digest: Some(digest.into()).filter(|d: &String| !d.is_empty()),
+        }
+    }
+
+    fn facts<'a>(me: &'a Owner, latest: Option<&'a Revision>) -> Facts<'a> {
+        Facts {
+            me,
+            adopt: false,
+            desired_digest: "want",
+            latest,
+            last_deployed: latest
+                .filter(|r| r.status == HelmStatus::Deployed)
+                .map(|r| r.number),
+            rollback_enabled: false,
+            last_attempted_digest: None,
+            recorded_revision: None,
+        }
+    }
+
+    fn state(facts: &Facts<'_>) -> (ReleaseState, Action) {
+        let state = classify(facts);
+        let action = decide(&state, "team-web");
+        (state, action)
+    }
+
+    #[test]
+    fn absent_release_is_installed() {
+        let me = me();
+        assert_eq!(
+            state(&facts(&me, None)),
+            (ReleaseState::Absent, Action::Install)
+        );
+    }
+
+    #[test]
+    fn equal_digest_means_in_sync_and_nothing_runs() {
+        let me = me();
+        let r = revision(3, "deployed", Some(me.clone()), "want");
+        assert_eq!(
+            state(&facts(&me, Some(&r))),
+            (ReleaseState::InSync, Action::Nothing)
+        );
+    }
+
+    #[test]
+    fn changed_digest_upgrades() {
+        let me = me();
+        let r = revision(3, "deployed", Some(me.clone()), "old");
+        assert_eq!(
+            state(&facts(&me, Some(&r))),
+            (ReleaseState::OutOfSync, Action::Upgrade)
+        );
+    }
+
+    #[test]
+    fn a_release_upgraded_by_hand_is_out_of_sync() {
+        // A hand-made `helm upgrade` inherits our labels, digest included, from revision 3.
+        let me = me();
+        let r = revision(4, "deployed", Some(me.clone()), "want");
+        let mut f = facts(&me, Some(&r));
+        f.recorded_revision = Some(3);
+        assert_eq!(state(&f), (ReleaseState::OutOfSync, Action::Upgrade));
+        f.recorded_revision = Some(4);
+        assert_eq!(state(&f), (ReleaseState::InSync, Action::Nothing));
+    }
+
+    #[test]
+    fn unmanaged_release_is_a_conflict_unless_named_explicitly() {
+        let me = me();
+        let r = revision(1, "deployed", None, "");
+        let (s, a) = state(&facts(&me, Some(&r)));
+        assert_eq!(s, ReleaseState::Unmanaged);
+        assert!(matches!(a, Action::Conflict(m) if m.contains("set spec.releaseName")));
+
+        let mut adopt = facts(&me, Some(&r));
+        adopt.adopt = true;
+        assert_eq!(state(&adopt), (ReleaseState::Adoptable, Action::Upgrade));
+    }
+
+    #[test]
+    fn a_release_of_another_resource_is_never_touched() {
+        let me = me();
+        let other = Owner {
+            namespace: "team".into(),
+            name: "other".into(),
+        };
+        let r = revision(1, "deployed", Some(other.clone()), "want");
+        let mut f = facts(&me, Some(&r));
+        f.adopt = true;
+        let (s, a) = state(&f);
+        assert_eq!(s, ReleaseState::OwnedByOther(other));
+        assert!(matches!(a, Action::Conflict(m) if m.contains("team/other")));
+    }
+
+    #[test]
+    fn pending_releases_are_unlocked_first() {
+        let me = me();
+        for status in [
+            "pending-install",
+            "pending-upgrade",
+            "pending-rollback",
+            "uninstalling",
+        ] {
+            let r = revision(2, status, Some(me.clone()), "want");
+            let (s, a) = state(&facts(&me, Some(&r)));
+            assert!(matches!(s, ReleaseState::Locked(_)), "{status}");
+            assert_eq!(a, Action::Unlock, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_failed_first_install_is_removed_and_installed_again() {
+        let me = me();
+        let r = revision(1, "failed", Some(me.clone()), "want");
+        assert_eq!(
+            state(&facts(&me, Some(&r))),
+            (ReleaseState::FailedInstall, Action::Reinstall)
+        );
+    }
+
+    #[test]
+    fn a_failed_upgrade_is_retried_without_rollback() {
+        let me = me();
+        let r = revision(2, "failed", Some(me.clone()), "want");
+        let mut f = facts(&me, Some(&r));
+        f.last_deployed = Some(1);
+        f.last_attempted_digest = Some("want");
+        assert_eq!(state(&f), (ReleaseState::Failed, Action::Upgrade));
+    }
+
+    #[test]
+    fn a_failed_upgrade_rolls_back_once_then_waits_for_a_change() {
+        let me = me();
+        let failed = revision(2, "failed", Some(me.clone()), "want");
+        let mut f = facts(&me, Some(&failed));
+        f.last_deployed = Some(1);
+        f.rollback_enabled = true;
+        f.last_attempted_digest = Some("want");
+        assert_eq!(
+            state(&f),
+            (ReleaseState::FailedWithRollback(1), Action::Rollback(1))
+        );
+
+        // Helm's rollback writes revision 3 as a copy of revision 1, with revision 1's labels.
+        let rolled_back = revision(3, "deployed", Some(me.clone()), "old");
+        let mut f = facts(&me, Some(&rolled_back));
+        f.rollback_enabled = true;
+        f.last_attempted_digest = Some("want");
+        assert_eq!(state(&f), (ReleaseState::RolledBack, Action::Nothing));
+
+        // A new commit or spec change (a new desired digest) tries again.
+        f.desired_digest = "newer";
+        assert_eq!(state(&f), (ReleaseState::OutOfSync, Action::Upgrade));
+    }
+
+    #[test]
+    fn a_failed_release_whose_spec_changed_upgrades_even_with_rollback() {
+        let me = me();
+        let failed = revision(2, "failed", Some(me.clone()), "broken");
+        let mut f = facts(&me, Some(&failed));
+        f.last_deployed = Some(1);
+        f.rollback_enabled = true;
+        f.last_attempted_digest = Some("broken");
+        assert_eq!(state(&f), (ReleaseState::Failed, Action::Upgrade));
+    }
+
+    #[test]
+    fn statuses_parse() {
+        assert_eq!(
+            HelmStatus::parse("pending-upgrade"),
+            HelmStatus::Pending("pending-upgrade".into())
+        );
+        assert_eq!(HelmStatus::parse("deployed").to_string(), "deployed");
+        assert_eq!(
+            HelmStatus::parse("weird"),
+            HelmStatus::Other("weird".into())
+        );
+    }
+}

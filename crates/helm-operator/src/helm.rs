@@ -1,0 +1,291 @@
+//! Helm actions behind one trait; [`HelmCli`] runs the real `helm` binary.
+//!
+//! Every call has a deadline, its own `HELM_*_HOME` folders, and its values in a private file
+//! (mode 0600) that is removed afterwards. Values never reach argv, the environment or a log line.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Time given to helm beyond its own `--timeout` before the process is killed.
+const GRACE: Duration = Duration::from_secs(30);
+/// Longest error text kept from helm's stderr.
+const MAX_MESSAGE: usize = 2000;
+
+/// An install or upgrade (`helm upgrade --install`).
+#[derive(Debug)]
+pub struct Upgrade<'a> {
+    /// Release name.
+    pub release: &'a str,
+    /// Release namespace.
+    pub namespace: &'a str,
+    /// The exported chart folder.
+    pub chart_dir: &'a Path,
+    /// The merged values tree.
+    pub values: &'a Map<String, Value>,
+    /// Labels for the release record.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Helm's `--timeout`.
+    pub timeout: Duration,
+    /// Helm's `--wait`.
+    pub wait: bool,
+    /// Helm's `--history-max`.
+    pub max_history: Option<i32>,
+}
+
+/// A rollback (`helm rollback`).
+#[derive(Debug)]
+pub struct Rollback<'a> {
+    /// Release name.
+    pub release: &'a str,
+    /// Release namespace.
+    pub namespace: &'a str,
+    /// Revision to restore.
+    pub revision: i64,
+    /// Helm's `--timeout`.
+    pub timeout: Duration,
+    /// Helm's `--wait`.
+    pub wait: bool,
+    /// Helm's `--no-hooks`.
+    pub disable_hooks: bool,
+}
+
+/// Why a Helm action failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HelmError {
+    /// helm ran and failed; the message is its error output, shortened.
+    #[error("{0}")]
+    Failed(String),
+    /// helm did not finish in time and was killed.
+    #[error("helm did not finish within {0:?} and was stopped")]
+    Timeout(Duration),
+    /// helm could not be started or its values file written.
+    #[error("cannot run helm: {0}")]
+    Io(String),
+}
+
+/// The Helm actions the operator takes; a test double or another engine can stand in.
+pub trait Helm: Send + Sync + 'static {
+    /// Installs or upgrades a release.
+    fn upgrade(&self, request: &Upgrade<'_>) -> impl Future<Output = Result<(), HelmError>> + Send;
+    /// Rolls a release back to a revision.
+    fn rollback(
+        &self,
+        request: &Rollback<'_>,
+    ) -> impl Future<Output = Result<(), HelmError>> + Send;
+    /// Uninstalls a release (succeeds when it is already gone).
+    fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), HelmError>> + Send;
+}
+
+/// The `helm` command-line tool.
+#[derive(Debug, Clone)]
+pub struct HelmCli {
+    binary: PathBuf,
+    home: PathBuf,
+    grace: Duration,
+}
+
+impl HelmCli {
+    /// Runs `binary` with its cache, config and data folders and values files under `home`.
+    pub fn new(binary: PathBuf, home: PathBuf) -> std::io::Result<HelmCli> {
+        for sub in ["cache", "config", "data", "values"] {
+            std::fs::create_dir_all(home.join(sub))?;
+        }
+        Ok(HelmCli {
+            binary,
+            home,
+            grace: GRACE,
+        })
+    }
+
+    async fn run(&self, args: Vec<String>, timeout: Duration) -> Result<(), HelmError> {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(&args)
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|e| HelmError::Io(e.to_string()))?;
+        let deadline = timeout + self.grace;
+        let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
+            Ok(output) => output.map_err(|e| HelmError::Io(e.to_string()))?,
+            Err(_) => return Err(HelmError::Timeout(deadline)),
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(HelmError::Failed(clean_message(&stderr)))
+    }
+
+    fn values_file(
+        &self,
+        values: &Map<String, Value>,
+    ) -> Result<tempfile::NamedTempFile, HelmError> {
+        // NamedTempFile is created with mode 0600 and removed when dropped.
+        let mut file = tempfile::Builder::new()
+            .prefix("values-")
+            .suffix(".json")
+            .tempfile_in(self.home.join("values"))
+            .map_err(|e| HelmError::Io(e.to_string()))?;
+        // JSON is YAML: helm reads it as a values file.
+        serde_json::to_writer(&mut file, values).map_err(|e| HelmError::Io(e.to_string()))?;
+        file.flush().map_err(|e| HelmError::Io(e.to_string()))?;
+        Ok(file)
+    }
+}
+
+impl Helm for HelmCli {
+    async fn upgrade(&self, request: &Upgrade<'_>) -> Result<(), HelmError> {
+        let values = self.values_file(request.values)?;
+        let mut args: Vec<String> = vec![
+            "upgrade".into(),
+            "--install".into(),
+            request.release.into(),
+            request.chart_dir.display().to_string(),
+            "--namespace".into(),
+            request.namespace.into(),
+            "--values".into(),
+            values.path().display().to_string(),
+            "--timeout".into(),
+            fhr_types::duration::to_go_duration(request.timeout),
+            // Each upgrade starts from the chart's values plus ours, never from the last release's.
+            "--reset-values".into(),
+        ];
+        if !request.labels.is_empty() {
+            let labels: Vec<String> = request
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            args.push("--labels".into());
+            args.push(labels.join(","));
+        }
+        if request.wait {
+            args.push("--wait".into());
+        }
+        if let Some(max) = request.max_history {
+            args.push("--history-max".into());
+            args.push(max.to_string());
+        }
+        let result = self.run(args, request.timeout).await;
+        drop(values);
+        result
+    }
+
+    async fn rollback(&self, request: &Rollback<'_>) -> Result<(), HelmError> {
+        let mut args: Vec<String> = vec![
+            "rollback".into(),
+            request.release.into(),
+            request.revision.to_string(),
+            "--namespace".into(),
+            request.namespace.into(),
+            "--timeout".into(),
+            fhr_types::duration::to_go_duration(request.timeout),
+        ];
+        if request.wait {
+            args.push("--wait".into());
+        }
+        if request.disable_hooks {
+            args.push("--no-hooks".into());
+        }
+        self.run(args, request.timeout).await
+    }
+
+    async fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<(), HelmError> {
+        let args = vec![
+            "uninstall".into(),
+            release.into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--ignore-not-found".into(),
+            "--timeout".into(),
+            fhr_types::duration::to_go_duration(timeout),
+        ];
+        self.run(args, timeout).await
+    }
+}
+
+/// Helm's error output as a short message: the `Error:` line(s), trimmed and bounded.
+fn clean_message(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("WARNING:") && !l.starts_with("walk.go"))
+        .collect();
+    let text = lines.join("; ");
+    let text = text.strip_prefix("Error: ").unwrap_or(&text);
+    match text.char_indices().nth(MAX_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None if text.is_empty() => "helm failed without an error message".to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_the_error_and_drop_noise() {
+        let stderr = "WARNING: Kubernetes configuration file is group-readable\nError: UPGRADE FAILED: template: web/templates/cm.yaml:3:4: executing \"x\" at <required>: error calling required: schedule is required\n";
+        assert_eq!(
+            clean_message(stderr),
+            "UPGRADE FAILED: template: web/templates/cm.yaml:3:4: executing \"x\" at <required>: error calling required: schedule is required"
+        );
+        assert_eq!(clean_message(""), "helm failed without an error message");
+        assert!(clean_message(&"x".repeat(10_000)).chars().count() <= MAX_MESSAGE + 1);
+    }
+
+    #[tokio::test]
+    async fn values_files_are_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let helm = HelmCli::new("helm".into(), home.path().to_owned()).unwrap();
+        let mut values = Map::new();
+        values.insert("password".into(), Value::String("secret".into()));
+        let file = helm.values_file(&values).unwrap();
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let path = file.path().to_owned();
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_helm_that_hangs_is_stopped_at_the_deadline() {
+        let home = tempfile::tempdir().unwrap();
+        let script = home.path().join("slow-helm");
+        std::fs::write(&script, "#!/bin/sh\nsleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut helm = HelmCli::new(script, home.path().join("home")).unwrap();
+        helm.grace = Duration::from_millis(200);
+        let err = tokio::time::timeout(
+            Duration::from_secs(20),
+            helm.uninstall("r", "ns", Duration::from_millis(100)),
+        )
+        .await
+        .expect("the deadline stops helm long before the script's 30 s")
+        .unwrap_err();
+        assert!(matches!(err, HelmError::Timeout(_)), "{err}");
+    }
+}

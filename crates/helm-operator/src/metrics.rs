@@ -1,0 +1,204 @@
+//! The operator's metrics, in one place; the reconciler calls methods, never the registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionOnly {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    ready: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommitLabels {
+    commit: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+/// Counters, histograms and gauges of helm-operator.
+pub struct Metrics {
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_seconds: Histogram,
+    helm_actions: Family<ActionLabels, Counter>,
+    helm_seconds: Family<ActionOnly, Histogram, fn() -> Histogram>,
+    releases: Family<ReadyLabels, Gauge>,
+    readiness: Mutex<HashMap<String, &'static str>>,
+    git_fetches: Family<ResultLabels, Counter>,
+    git_fetch_seconds: Histogram,
+    git_commit: Family<CommitLabels, Gauge>,
+    git_last_fetch: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (prefix `fhr_operator`).
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            reconciles: Family::default(),
+            reconcile_seconds: seconds_histogram(),
+            helm_actions: Family::default(),
+            helm_seconds: Family::new_with_constructor(seconds_histogram),
+            releases: Family::default(),
+            readiness: Mutex::default(),
+            git_fetches: Family::default(),
+            git_fetch_seconds: seconds_histogram(),
+            git_commit: Family::default(),
+            git_last_fetch: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("fhr_operator");
+        r.register(
+            "reconciles",
+            "Reconciles of FluxHelmRelease objects, by result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "helm_actions",
+            "Helm processes started, by action and result",
+            m.helm_actions.clone(),
+        );
+        r.register(
+            "helm_action_duration_seconds",
+            "Time per Helm action",
+            m.helm_seconds.clone(),
+        );
+        r.register(
+            "releases",
+            "FluxHelmRelease objects by their Ready condition",
+            m.releases.clone(),
+        );
+        r.register(
+            "git_fetches",
+            "Fetches of the chart repository, by result",
+            m.git_fetches.clone(),
+        );
+        r.register(
+            "git_fetch_duration_seconds",
+            "Time per git fetch",
+            m.git_fetch_seconds.clone(),
+        );
+        r.register(
+            "git_commit",
+            "The commit last fetched (value 1)",
+            m.git_commit.clone(),
+        );
+        r.register(
+            "git_last_fetch_timestamp_seconds",
+            "Unix time of the last successful fetch",
+            m.git_last_fetch.clone(),
+        );
+        m
+    }
+
+    /// Starts timing a reconcile; call [`ReconcileTimer::finish`] with the result.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records one Helm process.
+    pub fn helm_action(&self, action: &'static str, ok: bool, started: Instant) {
+        let result = if ok { "success" } else { "failure" };
+        self.helm_actions
+            .get_or_create(&ActionLabels { action, result })
+            .inc();
+        self.helm_seconds
+            .get_or_create(&ActionOnly { action })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records a resource's Ready condition (`None` when the resource is gone).
+    pub fn set_ready(&self, key: String, ready: Option<&'static str>) {
+        let mut map = self.readiness.lock().unwrap_or_else(|e| e.into_inner());
+        match ready {
+            Some(r) => map.insert(key, r),
+            None => map.remove(&key),
+        };
+        for state in ["True", "False", "Unknown"] {
+            let count = map.values().filter(|v| **v == state).count();
+            self.releases
+                .get_or_create(&ReadyLabels { ready: state })
+                .set(count as i64);
+        }
+    }
+
+    /// Records a fetch.
+    pub fn git_fetch(&self, commit: Option<&str>, previous: Option<&str>, started: Instant) {
+        self.git_fetch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let result = if commit.is_some() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.git_fetches
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if let Some(commit) = commit {
+            if let Some(previous) = previous.filter(|p| *p != commit) {
+                self.git_commit.remove(&CommitLabels {
+                    commit: previous.to_owned(),
+                });
+            }
+            self.git_commit
+                .get_or_create(&CommitLabels {
+                    commit: commit.to_owned(),
+                })
+                .set(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            self.git_last_fetch.set(now);
+        }
+    }
+}
+
+/// Times one reconcile.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl ReconcileTimer<'_> {
+    /// Records the reconcile's result.
+    pub fn finish(self, result: &'static str) {
+        self.metrics
+            .reconcile_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics
+            .reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+}

@@ -1,0 +1,657 @@
+//! The FluxHelmRelease reconciler: validate → gather facts → decide → act → write status.
+//! Apply and cleanup are two plain functions; kube's `finalizer` chooses between them.
+
+use crate::charts::ChartCache;
+use crate::decide::{self, Action as ReleaseAction, Facts, Owner};
+use crate::desired::{self, Desired, SpecError};
+use crate::helm::{self, Helm, HelmError};
+use crate::metrics::Metrics;
+use crate::status::{self, Truth, set_condition};
+use crate::storage::{self, History, StorageError};
+use fhr_git::Snapshot;
+use fhr_types::meta::{FINALIZER, condition, reason};
+use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, instrument, warn};
+
+/// The latest git state the reconciler works from.
+#[derive(Debug, Clone, Default)]
+pub struct GitView {
+    /// The last commit fetched, if any fetch succeeded yet.
+    pub snapshot: Option<Snapshot>,
+    /// Why the last fetch failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Settings the reconciler takes from flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The repository folder holding the charts.
+    pub charts_path: String,
+    /// Helm's timeout when a resource sets none.
+    pub default_timeout: Duration,
+    /// How often a release is checked again when nothing changed.
+    pub sync_interval: Duration,
+}
+
+/// Everything a reconcile needs.
+pub struct Context<H: Helm> {
+    /// API client.
+    pub client: kube::Client,
+    /// The Helm engine.
+    pub helm: H,
+    /// Exported charts.
+    pub charts: ChartCache,
+    /// The latest fetched commit.
+    pub git: watch::Receiver<GitView>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Kubernetes Events.
+    pub recorder: Recorder,
+    /// Flags.
+    pub settings: Settings,
+}
+
+/// Errors that retrying may fix (the API or storage was unreachable, an uninstall failed).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Helm's storage could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Uninstalling on delete failed; the finalizer stays until it succeeds.
+    #[error("uninstalling release {release} failed: {message}")]
+    Uninstall {
+        /// The release.
+        release: String,
+        /// Helm's message.
+        message: String,
+    },
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "api_error",
+            Error::Storage(_) => "storage_error",
+            Error::Uninstall { .. } => "uninstall_error",
+            Error::Finalizer(_) => "finalizer_error",
+        }
+    }
+}
+
+/// Reconciles one FluxHelmRelease.
+#[instrument(skip_all, fields(namespace = %fhr.namespace().unwrap_or_default(), name = %fhr.name_any()))]
+pub async fn reconcile<H: Helm>(
+    fhr: Arc<FluxHelmRelease>,
+    ctx: Arc<Context<H>>,
+) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_started();
+    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<FluxHelmRelease> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, fhr, |event| async {
+        match event {
+            Finalizer::Apply(fhr) => apply(&fhr, &api, &ctx).await,
+            Finalizer::Cleanup(fhr) => cleanup(&fhr, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    timer.finish(match &result {
+        Ok(_) => "success",
+        Err(e) => e.metric_label(),
+    });
+    result
+}
+
+/// Transient errors: retry with a delay.
+pub fn error_policy<H: Helm>(
+    fhr: Arc<FluxHelmRelease>,
+    error: &Error,
+    _ctx: Arc<Context<H>>,
+) -> Action {
+    warn!(namespace = %fhr.namespace().unwrap_or_default(), name = %fhr.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Backoff after a failed Helm action: 10 s, 20 s, 40 s, … at most 10 minutes.
+fn backoff(failures: i64) -> Duration {
+    let exponent = failures.clamp(1, 7) as u32 - 1;
+    Duration::from_secs(10 * 2u64.pow(exponent)).min(Duration::from_secs(600))
+}
+
+/// One reconcile's view of a resource while it builds the new status.
+struct Run<'a, H: Helm> {
+    fhr: &'a FluxHelmRelease,
+    api: &'a Api<FluxHelmRelease>,
+    ctx: &'a Context<H>,
+    status: FluxHelmReleaseStatus,
+    generation: Option<i64>,
+}
+
+impl<'a, H: Helm> Run<'a, H> {
+    fn condition(&mut self, type_: &str, value: Option<(Truth, &str, &str)>) {
+        set_condition(&mut self.status, type_, value, self.generation);
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.fhr.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+
+    async fn save(&mut self) -> Result<(), Error> {
+        self.status.observed_generation = self.generation;
+        status::write(self.api, self.fhr, &self.status).await?;
+        let key = format!(
+            "{}/{}",
+            self.fhr.namespace().unwrap_or_default(),
+            self.fhr.name_any()
+        );
+        self.ctx
+            .metrics
+            .set_ready(key, Some(status::ready_of(&self.status)));
+        Ok(())
+    }
+
+    /// A problem only the user can fix: report it, touch nothing, wait for a change.
+    async fn stalled(&mut self, error: &SpecError) -> Result<Action, Error> {
+        let changed = !self.status.conditions.iter().any(|c| {
+            c.type_ == condition::READY && c.reason == error.reason && c.message == error.message
+        });
+        self.condition(
+            condition::READY,
+            Some((Truth::False, error.reason, &error.message)),
+        );
+        self.condition(
+            condition::STALLED,
+            Some((Truth::True, error.reason, &error.message)),
+        );
+        self.condition(condition::RECONCILING, None);
+        self.save().await?;
+        if changed {
+            warn!(reason = error.reason, message = %error.message, "invalid spec");
+            self.event(
+                EventType::Warning,
+                error.reason,
+                "Validate",
+                error.message.clone(),
+            )
+            .await;
+        }
+        Ok(Action::await_change())
+    }
+}
+
+async fn apply<H: Helm>(
+    fhr: &FluxHelmRelease,
+    api: &Api<FluxHelmRelease>,
+    ctx: &Context<H>,
+) -> Result<Action, Error> {
+    let mut run = Run {
+        fhr,
+        api,
+        ctx,
+        status: fhr.status.clone().unwrap_or_default(),
+        generation: fhr.metadata.generation,
+    };
+    let settings = &ctx.settings;
+    let desired = match desired::desired(fhr, &settings.charts_path, settings.default_timeout) {
+        Ok(d) => d,
+        Err(e) => return run.stalled(&e).await,
+    };
+    if desired.suspend {
+        info!("suspended; no action");
+        return Ok(Action::await_change());
+    }
+    run.condition(condition::STALLED, None);
+    run.status.release_name = Some(desired.release.clone());
+
+    let git = ctx.git.borrow().clone();
+    let Some(snapshot) = git.snapshot else {
+        let message = match git.error {
+            Some(e) => format!("no commit fetched yet: {e}"),
+            None => "no commit fetched yet".to_owned(),
+        };
+        run.condition(
+            condition::CHART_FETCHED,
+            Some((Truth::False, reason::GIT_NOT_SYNCED, &message)),
+        );
+        run.condition(
+            condition::READY,
+            Some((Truth::Unknown, reason::GIT_NOT_SYNCED, &message)),
+        );
+        run.save().await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    let tree = match snapshot.tree_id(&desired.chart_path) {
+        Ok(Some(tree)) => tree,
+        Ok(None) => {
+            let message = format!(
+                "chart folder {:?} does not exist at commit {}",
+                desired.chart_path,
+                short(&snapshot.commit())
+            );
+            run.condition(
+                condition::CHART_FETCHED,
+                Some((Truth::False, reason::CHART_NOT_FOUND, &message)),
+            );
+            run.condition(
+                condition::READY,
+                Some((Truth::False, reason::CHART_NOT_FOUND, &message)),
+            );
+            run.save().await?;
+            run.event(
+                EventType::Warning,
+                reason::CHART_NOT_FOUND,
+                "FetchChart",
+                message,
+            )
+            .await;
+            // A commit that adds the folder re-queues this resource.
+            return Ok(Action::requeue(settings.sync_interval));
+        }
+        Err(e) => {
+            return Err(Error::Storage(StorageError::Corrupt(
+                "git mirror".into(),
+                e.to_string(),
+            )));
+        }
+    };
+    run.condition(
+        condition::CHART_FETCHED,
+        Some((
+            Truth::True,
+            reason::CHART_FETCHED,
+            &format!(
+                "chart {:?} at commit {}",
+                desired.chart_path,
+                short(&snapshot.commit())
+            ),
+        )),
+    );
+
+    let values = desired.values.clone();
+    let digest = desired::digest(&tree.to_string(), &values);
+    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let me = storage::owner(&namespace, &fhr.name_any());
+    let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
+    let facts = Facts {
+        me: &me,
+        adopt: desired.adopt,
+        desired_digest: &digest,
+        latest: history.latest(),
+        last_deployed: history.last_deployed(),
+        rollback_enabled: desired.rollback.enable,
+        last_attempted_digest: run.status.last_attempted_digest.as_deref(),
+        recorded_revision: run.status.revision,
+    };
+    let state = decide::classify(&facts);
+    let action = decide::decide(&state, &desired.release);
+    tracing::debug!(?state, ?action, "decided");
+
+    let plan = Plan {
+        desired: &desired,
+        namespace: &namespace,
+        snapshot: &snapshot,
+        tree,
+        digest: &digest,
+        me: &me,
+        values: &values,
+    };
+    match action {
+        ReleaseAction::Nothing => {
+            in_sync_status(&mut run, &history, &state);
+            run.save().await?;
+            Ok(Action::requeue(settings.sync_interval))
+        }
+        ReleaseAction::Conflict(message) => {
+            let changed = !run
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.reason == reason::RELEASE_CONFLICT);
+            run.condition(
+                condition::RELEASED,
+                Some((Truth::False, reason::RELEASE_CONFLICT, &message)),
+            );
+            run.condition(
+                condition::READY,
+                Some((Truth::False, reason::RELEASE_CONFLICT, &message)),
+            );
+            run.save().await?;
+            if changed {
+                warn!(%message, "release conflict");
+                run.event(
+                    EventType::Warning,
+                    reason::RELEASE_CONFLICT,
+                    "Decide",
+                    message,
+                )
+                .await;
+            }
+            Ok(Action::requeue(settings.sync_interval))
+        }
+        ReleaseAction::Unlock => {
+            let Some(latest) = history.latest() else {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            };
+            storage::mark_failed(&ctx.client, &namespace, &desired.release, latest.number).await?;
+            let message = format!(
+                "revision {} of release {} was left {} by an interrupted action; marked failed to recover",
+                latest.number, desired.release, latest.status
+            );
+            info!(%message);
+            run.event(EventType::Warning, reason::UNLOCKED, "Unlock", message)
+                .await;
+            Ok(Action::requeue(Duration::from_millis(100)))
+        }
+        action => act(&mut run, &plan, action).await,
+    }
+}
+
+/// What an action works from.
+struct Plan<'a> {
+    desired: &'a Desired,
+    namespace: &'a str,
+    snapshot: &'a Snapshot,
+    tree: fhr_git::ObjectId,
+    digest: &'a str,
+    me: &'a Owner,
+    values: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &decide::ReleaseState) {
+    let Some(latest) = history.latest() else {
+        return;
+    };
+    run.status.release_status = Some(latest.status.to_string());
+    run.status.revision = Some(latest.number);
+    run.condition(condition::RECONCILING, None);
+    if *state == decide::ReleaseState::RolledBack {
+        let message = format!(
+            "upgrade failed and release {} was rolled back to revision {}; waiting for a change in git or the spec",
+            run.status.release_name.as_deref().unwrap_or_default(),
+            latest.number
+        );
+        run.condition(
+            condition::READY,
+            Some((Truth::False, reason::ROLLED_BACK, &message)),
+        );
+    } else {
+        let message = format!(
+            "release {} is {} at revision {}",
+            run.status.release_name.as_deref().unwrap_or_default(),
+            latest.status,
+            latest.number
+        );
+        run.condition(
+            condition::RELEASED,
+            Some((Truth::True, reason::RELEASE_IN_SYNC, &message)),
+        );
+        run.condition(
+            condition::READY,
+            Some((Truth::True, reason::RELEASE_IN_SYNC, &message)),
+        );
+    }
+}
+
+/// Runs a Helm action and records its outcome.
+async fn act<H: Helm>(
+    run: &mut Run<'_, H>,
+    plan: &Plan<'_>,
+    action: ReleaseAction,
+) -> Result<Action, Error> {
+    let ctx = run.ctx;
+    let release = plan.desired.release.as_str();
+    let (verb, ok_reason, failed_reason) = match action {
+        ReleaseAction::Install | ReleaseAction::Reinstall => {
+            ("install", reason::INSTALL_SUCCEEDED, reason::INSTALL_FAILED)
+        }
+        ReleaseAction::Rollback(_) => ("rollback", reason::ROLLED_BACK, reason::ROLLBACK_FAILED),
+        _ => ("upgrade", reason::UPGRADE_SUCCEEDED, reason::UPGRADE_FAILED),
+    };
+    let progress = format!("running helm {verb} for release {release}");
+    run.condition(
+        condition::RECONCILING,
+        Some((Truth::True, reason::PROGRESSING, &progress)),
+    );
+    run.save().await?;
+
+    let outcome = match action {
+        ReleaseAction::Rollback(revision) => {
+            let request = helm::Rollback {
+                release,
+                namespace: plan.namespace,
+                revision,
+                timeout: plan.desired.rollback.timeout,
+                wait: plan.desired.rollback.wait,
+                disable_hooks: plan.desired.rollback.disable_hooks,
+            };
+            timed(ctx, "rollback", ctx.helm.rollback(&request)).await
+        }
+        ref action => {
+            // A failed first install must go before a new install can succeed.
+            let removed = match action {
+                ReleaseAction::Reinstall => {
+                    timed(
+                        ctx,
+                        "uninstall",
+                        ctx.helm
+                            .uninstall(release, plan.namespace, plan.desired.timeout),
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            };
+            match removed {
+                Ok(()) => upgrade(ctx, plan, verb).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    run.status.last_attempted_digest = Some(plan.digest.to_owned());
+    let history = storage::history(&ctx.client, plan.namespace, release).await?;
+    if let Some(latest) = history.latest() {
+        run.status.release_status = Some(latest.status.to_string());
+        run.status.revision = Some(latest.number);
+    }
+    run.condition(condition::RECONCILING, None);
+    match outcome {
+        Ok(()) => {
+            let revision = run.status.revision.unwrap_or_default();
+            let message = match action {
+                ReleaseAction::Rollback(to) => format!(
+                    "upgrade failed; release {release} rolled back to revision {to} (now revision {revision}); waiting for a change in git or the spec"
+                ),
+                _ => format!("helm {verb} succeeded: release {release} is at revision {revision}"),
+            };
+            run.status.failures = None;
+            if matches!(action, ReleaseAction::Rollback(_)) {
+                run.status.failures = Some(run.status.failures.unwrap_or(0) + 1);
+                run.condition(
+                    condition::RELEASED,
+                    Some((Truth::False, ok_reason, &message)),
+                );
+                run.condition(condition::READY, Some((Truth::False, ok_reason, &message)));
+            } else {
+                run.status.last_applied_digest = Some(plan.digest.to_owned());
+                run.status.chart_revision = Some(plan.snapshot.commit());
+                run.condition(
+                    condition::RELEASED,
+                    Some((Truth::True, ok_reason, &message)),
+                );
+                run.condition(condition::READY, Some((Truth::True, ok_reason, &message)));
+            }
+            run.save().await?;
+            info!(%message);
+            run.event(EventType::Normal, ok_reason, verb, message).await;
+            Ok(Action::requeue(ctx.settings.sync_interval))
+        }
+        Err(error) => {
+            let failures = run.status.failures.unwrap_or(0) + 1;
+            run.status.failures = Some(failures);
+            let message = format!("helm {verb} of release {release} failed: {error}");
+            run.condition(
+                condition::RELEASED,
+                Some((Truth::False, failed_reason, &message)),
+            );
+            run.condition(
+                condition::READY,
+                Some((Truth::False, failed_reason, &message)),
+            );
+            run.save().await?;
+            warn!(%message, failures, "helm action failed");
+            run.event(EventType::Warning, failed_reason, verb, message)
+                .await;
+            Ok(Action::requeue(backoff(failures)))
+        }
+    }
+}
+
+async fn upgrade<H: Helm>(
+    ctx: &Context<H>,
+    plan: &Plan<'_>,
+    verb: &'static str,
+) -> Result<(), HelmError> {
+    let chart_dir = match ctx.charts.chart_dir(plan.snapshot, plan.tree).await {
+        Ok(dir) => dir,
+        Err(e) => {
+            return Err(HelmError::Failed(format!(
+                "chart {:?} refused: {e}",
+                plan.desired.chart_path
+            )));
+        }
+    };
+    let labels = storage::labels(plan.me, plan.digest);
+    let request = helm::Upgrade {
+        release: &plan.desired.release,
+        namespace: plan.namespace,
+        chart_dir: &chart_dir,
+        values: plan.values,
+        labels: &labels,
+        timeout: plan.desired.timeout,
+        wait: plan.desired.wait,
+        max_history: plan.desired.max_history,
+    };
+    timed(ctx, verb, ctx.helm.upgrade(&request)).await
+}
+
+async fn timed<H: Helm>(
+    ctx: &Context<H>,
+    action: &'static str,
+    future: impl std::future::Future<Output = Result<(), HelmError>>,
+) -> Result<(), HelmError> {
+    let started = Instant::now();
+    let result = future.await;
+    ctx.metrics.helm_action(action, result.is_ok(), started);
+    result
+}
+
+/// Uninstalls the release on delete; only a release this resource manages is touched.
+async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Action, Error> {
+    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let key = format!("{namespace}/{}", fhr.name_any());
+    ctx.metrics.set_ready(key, None);
+    // The spec may have become invalid since the release was made: prefer the recorded name.
+    let release = fhr
+        .status
+        .as_ref()
+        .and_then(|s| s.release_name.clone())
+        .or_else(|| {
+            fhr_types::naming::release_name(
+                &namespace,
+                &fhr.name_any(),
+                fhr.spec.release_name.as_deref(),
+            )
+            .ok()
+        });
+    let Some(release) = release else {
+        return Ok(Action::await_change());
+    };
+    let history = storage::history(&ctx.client, &namespace, &release).await?;
+    let me = storage::owner(&namespace, &fhr.name_any());
+    let ours = history
+        .latest()
+        .is_some_and(|r| r.owner.as_ref() == Some(&me));
+    if !ours {
+        info!(%release, "release is absent or not managed by this resource; nothing to uninstall");
+        return Ok(Action::await_change());
+    }
+    let timeout = desired::desired(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
+        .map(|d| d.timeout)
+        .unwrap_or(ctx.settings.default_timeout);
+    match timed(
+        ctx,
+        "uninstall",
+        ctx.helm.uninstall(&release, &namespace, timeout),
+    )
+    .await
+    {
+        Ok(()) => {
+            info!(%release, "release uninstalled");
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason::UNINSTALL_FAILED.into(),
+                note: Some(format!("uninstalling release {release} failed: {e}")),
+                action: "uninstall".into(),
+                secondary: None,
+            };
+            let _ = ctx.recorder.publish(&event, &fhr.object_ref(&())).await;
+            Err(Error::Uninstall {
+                release,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_ten_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(80));
+        assert_eq!(backoff(50), Duration::from_secs(600));
+    }
+}
