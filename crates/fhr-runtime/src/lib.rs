@@ -3,9 +3,18 @@
 
 pub mod admin;
 pub mod cli;
+pub mod git_metrics;
 pub mod kube;
 pub mod logging;
 pub mod shutdown;
 
 pub use admin::Health;
 pub use tokio_util::sync::CancellationToken;
+
+/// Seconds since the Unix epoch, for timestamp metrics and state records.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}

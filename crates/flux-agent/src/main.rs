@@ -1,12 +1,97 @@
 //! flux-agent: the release configuration in git becomes FluxHelmRelease objects in the cluster.
 
+mod agent;
 mod config;
+mod http;
+mod manifests;
+mod metrics;
+mod state;
+mod sync;
 
+use anyhow::Context as _;
 use clap::Parser;
+use fhr_runtime::{Health, admin, shutdown};
+use kube::runtime::events::{Recorder, Reporter};
+use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();
     fhr_runtime::logging::init(&config.serve)?;
-    tracing::info!(git_url = %config.git.git_url, branch = %config.git.git_branch, "flux-agent configured");
-    anyhow::bail!("the sync loop is not built yet")
+    shutdown::run(serve(config))
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
+    let health = Arc::new(Health::default());
+    health.set_not_ready("starting");
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let admin = tokio::spawn(admin::serve(
+        config.serve.listen,
+        Arc::new(registry),
+        health.clone(),
+        http::routes(trigger.clone(), config.webhook_secret_file.clone()),
+        shutdown.clone(),
+    ));
+
+    let (state_dir, _temporary) = match &config.state_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new().prefix("flux-agent-").tempdir()?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    let source = config.git.source().context("--git-url")?;
+    let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client configuration")?;
+    let state_namespace = config
+        .state_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let reporter = Reporter {
+        controller: "flux-agent".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let paths = config
+        .git_path
+        .iter()
+        .map(|p| p.trim_matches('/').to_owned())
+        .collect();
+    let allowed = config
+        .allow_kind
+        .iter()
+        .map(|k| sync::AllowedKind::parse(k))
+        .collect();
+    let agent = agent::Agent {
+        mirror,
+        fetch_timeout: config.git.git_timeout,
+        poll_interval: config.git.git_poll_interval,
+        sync_interval: config.sync_interval,
+        syncer: sync::Syncer::new(
+            client.clone(),
+            paths,
+            allowed,
+            config.sync_set.clone(),
+            config.sync_garbage_collection,
+        ),
+        state: state::State::new(
+            client.clone(),
+            &state_namespace,
+            &config.sync_set,
+            Recorder::new(client, reporter),
+        ),
+        trigger,
+        metrics,
+        health: health.clone(),
+    };
+    tracing::info!(git_url = %config.git.git_url, branch = %config.git.git_branch, paths = ?config.git_path, "flux-agent starting");
+    agent.run(shutdown.clone()).await;
+    health.set_not_ready("shutting down");
+    admin.await??;
+    tracing::info!("shutdown complete");
+    Ok(())
 }

@@ -50,7 +50,8 @@ impl GitWatch {
                     let previous_commit = previous.as_ref().map(Snapshot::commit);
                     let commit = snapshot.commit();
                     self.metrics
-                        .git_fetch(Some(&commit), previous_commit.as_deref(), started);
+                        .git
+                        .fetched(Some(&commit), previous_commit.as_deref(), started);
                     if previous_commit.as_deref() != Some(commit.as_str()) {
                         info!(%commit, "fetched a new commit");
                         self.view.send_replace(GitView {
@@ -79,7 +80,7 @@ impl GitWatch {
                 }
                 Err(error) => {
                     failures += 1;
-                    self.metrics.git_fetch(None, None, started);
+                    self.metrics.git.fetched(None, None, started);
                     let message = error.to_string();
                     warn!(error = %message, failures, "git fetch failed; the last fetched commit stays in use");
                     if previous.is_none() {

@@ -31,11 +31,6 @@ struct ReadyLabels {
     ready: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommitLabels {
-    commit: String,
-}
-
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
@@ -48,10 +43,8 @@ pub struct Metrics {
     helm_seconds: Family<ActionOnly, Histogram, fn() -> Histogram>,
     releases: Family<ReadyLabels, Gauge>,
     readiness: Mutex<HashMap<String, &'static str>>,
-    git_fetches: Family<ResultLabels, Counter>,
-    git_fetch_seconds: Histogram,
-    git_commit: Family<CommitLabels, Gauge>,
-    git_last_fetch: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The git fetch loop's metrics.
+    pub git: fhr_runtime::git_metrics::GitMetrics,
 }
 
 impl Metrics {
@@ -64,10 +57,9 @@ impl Metrics {
             helm_seconds: Family::new_with_constructor(seconds_histogram),
             releases: Family::default(),
             readiness: Mutex::default(),
-            git_fetches: Family::default(),
-            git_fetch_seconds: seconds_histogram(),
-            git_commit: Family::default(),
-            git_last_fetch: Gauge::default(),
+            git: fhr_runtime::git_metrics::GitMetrics::new(
+                registry.sub_registry_with_prefix("fhr_operator"),
+            ),
         };
         let r = registry.sub_registry_with_prefix("fhr_operator");
         r.register(
@@ -94,26 +86,6 @@ impl Metrics {
             "releases",
             "FluxHelmRelease objects by their Ready condition",
             m.releases.clone(),
-        );
-        r.register(
-            "git_fetches",
-            "Fetches of the chart repository, by result",
-            m.git_fetches.clone(),
-        );
-        r.register(
-            "git_fetch_duration_seconds",
-            "Time per git fetch",
-            m.git_fetch_seconds.clone(),
-        );
-        r.register(
-            "git_commit",
-            "The commit last fetched (value 1)",
-            m.git_commit.clone(),
-        );
-        r.register(
-            "git_last_fetch_timestamp_seconds",
-            "Unix time of the last successful fetch",
-            m.git_last_fetch.clone(),
         );
         m
     }
@@ -149,37 +121,6 @@ impl Metrics {
             self.releases
                 .get_or_create(&ReadyLabels { ready: state })
                 .set(count as i64);
-        }
-    }
-
-    /// Records a fetch.
-    pub fn git_fetch(&self, commit: Option<&str>, previous: Option<&str>, started: Instant) {
-        self.git_fetch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let result = if commit.is_some() {
-            "success"
-        } else {
-            "failure"
-        };
-        self.git_fetches
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if let Some(commit) = commit {
-            if let Some(previous) = previous.filter(|p| *p != commit) {
-                self.git_commit.remove(&CommitLabels {
-                    commit: previous.to_owned(),
-                });
-            }
-            self.git_commit
-                .get_or_create(&CommitLabels {
-                    commit: commit.to_owned(),
-                })
-                .set(1);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            self.git_last_fetch.set(now);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod agent;
 pub mod operator;
 
 pub use fhr_testenv::{ControlPlane, create_namespace, shared_control_plane, unique_name};
