@@ -2,9 +2,11 @@
 //!
 //! - `crd [--check]`: write (or verify) `deploy/crds/` from the Rust types.
 //! - `tools`: build and cache kube-apiserver, etcd and helm from the pinned Go modules.
+//! - `demo [--once]`: the whole system on a local control plane and the example repository.
 //! - `test`: every check and test, as CI runs it.
 
 mod crd;
+mod demo;
 mod test;
 mod tools;
 
@@ -26,6 +28,13 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Run the whole system on a local control plane and the example repository.
+    Demo {
+        /// Exit once every example release is deployed (non-zero if that fails) instead of
+        /// running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
     /// Build and cache kube-apiserver, etcd and helm from the pinned Go modules under tools/.
     Tools {
         /// Rebuild even when the cache already holds the binaries.
@@ -44,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Crd { check } => crd::run(check),
+        Task::Demo { once } => demo::run(once),
         Task::Tools { force } => tools::run(force),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
     }

@@ -28,5 +28,7 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .args(["test", "--workspace"])
             .args(cargo_test_args),
     )?;
+    eprintln!("==> cargo xtask demo --once");
+    crate::demo::run(true)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use fhr_testenv::tools::{CONTROL_PLANE, HELM, ToolModule, tools_source_dir};
 use std::process::Command;
 
 pub fn run(force: bool) -> anyhow::Result<()> {
+    ensure_sshd()?;
     let go = which_go()?;
     for module in [CONTROL_PLANE, HELM] {
         build_module(&go, &module, force)?;
@@ -96,4 +97,34 @@ fn prune_superseded(module: &ToolModule, current: &std::path::Path) {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+}
+
+/// The SSH tests run Debian's sshd; install it when missing (CI starts on a fresh machine).
+fn ensure_sshd() -> anyhow::Result<()> {
+    if std::path::Path::new(fhr_testenv::ssh_server::SSHD).is_file() {
+        return Ok(());
+    }
+    eprintln!("installing Debian's openssh-server for the SSH git tests");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let install = [
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "openssh-server",
+    ];
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    if !installed {
+        bail!(
+            "installing openssh-server with apt-get failed; install it (it provides /usr/sbin/sshd) and run again"
+        );
+    }
+    Ok(())
 }

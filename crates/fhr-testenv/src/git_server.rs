@@ -72,6 +72,11 @@ impl GitServer {
         format!("http://{}/{repo}.git", self.addr)
     }
 
+    /// The bare repository's folder on disk (for an SSH server serving the same repository).
+    pub fn repo_path(&self, repo: &str) -> PathBuf {
+        self.shared.root.join(format!("{repo}.git"))
+    }
+
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -11,12 +11,14 @@ pub mod control_plane;
 pub mod git_server;
 pub mod pki;
 pub mod process;
+pub mod ssh_server;
 pub mod tools;
 pub mod workdir;
 
 pub use control_plane::{ControlPlane, StartError, client_from_kubeconfig, create_namespace};
 pub use git_server::{GitServer, GitServerOptions, TestRepo};
 pub use process::OwnedChild;
+pub use ssh_server::SshServer;
 pub use tools::Tools;
 pub use workdir::WorkDir;
 

@@ -95,14 +95,32 @@ impl AgentEnv {
         args
     }
 
+    /// The agent's command line for fetching this environment's repository over SSH from
+    /// `ssh`, trusting the host keys in `known_hosts` (no basic auth flags).
+    pub fn ssh_agent_args(
+        &self,
+        ssh: &fhr_testenv::SshServer,
+        known_hosts: &std::path::Path,
+    ) -> Vec<String> {
+        self.agent_args(&[
+            &format!("--git-url={}", ssh.url(&self.git.repo_path("config"))),
+            &format!("--ssh-key-path={}", ssh.deploy_key().display()),
+            &format!("--known-hosts-path={}", known_hosts.display()),
+        ])
+        .into_iter()
+        .filter(|a| !a.starts_with("--git-password-file") && !a.starts_with("--git-username-file"))
+        .collect()
+    }
+
     /// Starts the agent with the admin kubeconfig and waits for its first sync.
     pub async fn start_agent(&mut self, extra: &[&str]) -> &Daemon {
-        let agent = Daemon::start(
-            "flux-agent",
-            self.cp.kubeconfig(),
-            self.dir.path(),
-            &self.agent_args(extra),
-        );
+        let args = self.agent_args(extra);
+        self.start_agent_with(&args).await
+    }
+
+    /// Starts the agent with exactly `args` and waits for its first sync.
+    pub async fn start_agent_with(&mut self, args: &[String]) -> &Daemon {
+        let agent = Daemon::start("flux-agent", self.cp.kubeconfig(), self.dir.path(), args);
         agent.wait_ready().await;
         self.agent = Some(agent);
         self.agent.as_ref().unwrap()

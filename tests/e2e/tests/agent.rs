@@ -548,3 +548,53 @@ async fn a_manual_edit_is_undone_at_the_next_periodic_sync() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_agent_syncs_over_ssh_with_a_deploy_key_checked_against_known_hosts() {
+    let mut env = AgentEnv::new("ssh").await;
+    let ssh = fhr_testenv::SshServer::start().expect("start sshd");
+    env.repo
+        .write(
+            "releaseconfig/over-ssh.yaml",
+            env.manifest("over-ssh", "webapp"),
+        )
+        .unwrap();
+    let commit = env.repo.commit("over ssh").unwrap();
+    let args = env.ssh_agent_args(&ssh, &ssh.known_hosts().unwrap());
+    env.start_agent_with(&args).await;
+    env.wait_synced(&commit).await;
+    assert_eq!(names(&env.api(&env.namespace)).await, ["over-ssh"]);
+}
+
+#[tokio::test]
+async fn a_wrong_ssh_host_key_is_refused_with_a_clear_error_and_no_key_material() {
+    let env = AgentEnv::new("hostkey").await;
+    let ssh = fhr_testenv::SshServer::start().expect("start sshd");
+    env.repo
+        .write("releaseconfig/never.yaml", env.manifest("never", "webapp"))
+        .unwrap();
+    env.repo.commit("must not sync").unwrap();
+    let args = env.ssh_agent_args(&ssh, &ssh.wrong_known_hosts().unwrap());
+    let agent = e2e::Daemon::start("flux-agent", env.cp.kubeconfig(), env.dir.path(), &args);
+    eventually("the host key to be refused", SYNC_TIMEOUT, || async {
+        let log = agent.log();
+        if log.contains("Host key verification failed")
+            || log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        {
+            Ok(())
+        } else {
+            Err(agent.log_tail())
+        }
+    })
+    .await;
+    let (code, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        names(&env.api(&env.namespace)).await.is_empty(),
+        "nothing synced from an unverified host"
+    );
+    let private_key = std::fs::read_to_string(ssh.deploy_key()).unwrap();
+    let key_body = private_key.lines().nth(1).unwrap();
+    assert!(!agent.log().contains(key_body), "key material in the log");
+    assert!(!body.contains(key_body));
+}
