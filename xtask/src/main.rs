@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's own commands.
 //!
 //! - `crd [--check]`: write (or verify) `deploy/crds/` from the Rust types.
+//! - `docs [--check]`: write (or verify) docs/flags.md from the daemons' `--help`.
 //! - `tools`: build and cache kube-apiserver, etcd and helm from the pinned Go modules.
 //! - `demo [--once]`: the whole system on a local control plane and the example repository.
 //! - `test`: every check and test, as CI runs it.
 
 mod crd;
 mod demo;
+mod docs;
 mod test;
 mod tools;
 
@@ -25,6 +27,12 @@ enum Task {
     /// Write deploy/crds/ from the Rust types (or, with --check, fail if it is stale).
     Crd {
         /// Fail instead of writing when the committed YAML differs from the generated YAML.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write docs/flags.md from the daemons' --help (or, with --check, fail if it is stale).
+    Docs {
+        /// Fail instead of writing when the committed file differs.
         #[arg(long)]
         check: bool,
     },
@@ -54,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Task::Crd { check } => crd::run(check),
         Task::Demo { once } => demo::run(once),
+        Task::Docs { check } => docs::run(check),
         Task::Tools { force } => tools::run(force),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
     }

@@ -22,6 +22,8 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     )?;
     eprintln!("==> cargo xtask crd --check");
     crate::crd::run(true)?;
+    eprintln!("==> cargo xtask docs --check");
+    crate::docs::run(true)?;
     crate::run_step(
         "cargo test (unit and end-to-end)",
         Command::new(&cargo)
