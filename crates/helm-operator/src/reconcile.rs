@@ -323,7 +323,6 @@ async fn apply<H: Helm>(
         desired: &desired,
         namespace: &namespace,
         snapshot: &snapshot,
-        tree,
         digest: &digest,
         me: &me,
         values: &values,
@@ -375,7 +374,36 @@ async fn apply<H: Helm>(
                 .await;
             Ok(Action::requeue(Duration::from_millis(100)))
         }
-        action => act(&mut run, &plan, action).await,
+        ReleaseAction::Rollback(_) => act(&mut run, &plan, action, None).await,
+        action => {
+            // The chart is exported before any Helm process starts: a refused chart is the
+            // repository's problem, reported as such, not a failed Helm action.
+            match ctx.charts.chart_dir(&snapshot, tree).await {
+                Ok(chart_dir) => act(&mut run, &plan, action, Some(&chart_dir)).await,
+                Err(e) => {
+                    let message = format!("chart {:?} refused: {e}", desired.chart_path);
+                    run.condition(
+                        condition::CHART_FETCHED,
+                        Some((Truth::False, reason::CHART_REFUSED, &message)),
+                    );
+                    run.condition(
+                        condition::READY,
+                        Some((Truth::False, reason::CHART_REFUSED, &message)),
+                    );
+                    run.save().await?;
+                    warn!(%message, "chart refused");
+                    run.event(
+                        EventType::Warning,
+                        reason::CHART_REFUSED,
+                        "FetchChart",
+                        message,
+                    )
+                    .await;
+                    // A commit that changes the chart folder re-queues this resource.
+                    Ok(Action::requeue(settings.sync_interval))
+                }
+            }
+        }
     }
 }
 
@@ -384,7 +412,6 @@ struct Plan<'a> {
     desired: &'a Desired,
     namespace: &'a str,
     snapshot: &'a Snapshot,
-    tree: fhr_git::ObjectId,
     digest: &'a str,
     me: &'a Owner,
     values: &'a serde_json::Map<String, serde_json::Value>,
@@ -425,11 +452,13 @@ fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &deci
     }
 }
 
-/// Runs a Helm action and records its outcome.
+/// Runs a Helm action and records its outcome; `chart_dir` is the exported chart (not needed to
+/// roll back).
 async fn act<H: Helm>(
     run: &mut Run<'_, H>,
     plan: &Plan<'_>,
     action: ReleaseAction,
+    chart_dir: Option<&std::path::Path>,
 ) -> Result<Action, Error> {
     let ctx = run.ctx;
     let release = plan.desired.release.as_str();
@@ -474,7 +503,12 @@ async fn act<H: Helm>(
                 _ => Ok(()),
             };
             match removed {
-                Ok(()) => upgrade(ctx, plan, verb).await,
+                Ok(()) => match chart_dir {
+                    Some(chart_dir) => upgrade(ctx, plan, chart_dir, verb).await,
+                    None => Err(HelmError::Io(
+                        "no chart exported for an install or upgrade".into(),
+                    )),
+                },
                 Err(e) => Err(e),
             }
         }
@@ -541,22 +575,14 @@ async fn act<H: Helm>(
 async fn upgrade<H: Helm>(
     ctx: &Context<H>,
     plan: &Plan<'_>,
+    chart_dir: &std::path::Path,
     verb: &'static str,
 ) -> Result<(), HelmError> {
-    let chart_dir = match ctx.charts.chart_dir(plan.snapshot, plan.tree).await {
-        Ok(dir) => dir,
-        Err(e) => {
-            return Err(HelmError::Failed(format!(
-                "chart {:?} refused: {e}",
-                plan.desired.chart_path
-            )));
-        }
-    };
     let labels = storage::labels(plan.me, plan.digest);
     let request = helm::Upgrade {
         release: &plan.desired.release,
         namespace: plan.namespace,
-        chart_dir: &chart_dir,
+        chart_dir,
         values: plan.values,
         labels: &labels,
         timeout: plan.desired.timeout,

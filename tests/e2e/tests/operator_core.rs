@@ -342,6 +342,21 @@ async fn bad_input_is_reported_on_the_resource_and_loses_nothing() {
     env.repo
         .write("charts/refused/values.yaml", "port: 80\n")
         .unwrap();
+    // A chart with a template that is a symlink out of the repository.
+    env.repo
+        .write(
+            "charts/escaping/Chart.yaml",
+            "apiVersion: v2\nname: escaping\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    std::fs::create_dir_all(env.repo.path().join("charts/escaping/templates")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        env.repo
+            .path()
+            .join("charts/escaping/templates/passwd.yaml"),
+    )
+    .unwrap();
     env.repo
         .commit("a chart whose port comes from values")
         .unwrap();
@@ -365,6 +380,11 @@ async fn bad_input_is_reported_on_the_resource_and_loses_nothing() {
     env.apply(
         "refused",
         json!({"chartGitPath": "refused", "releaseName": "refused"}),
+    )
+    .await;
+    env.apply(
+        "escaping",
+        json!({"chartGitPath": "escaping", "releaseName": "escaping"}),
     )
     .await;
 
@@ -397,6 +417,16 @@ async fn bad_input_is_reported_on_the_resource_and_loses_nothing() {
     assert!(template.status.unwrap().failures >= Some(1));
     env.wait_for("refused", "deployed", deployed("refused", 1))
         .await;
+    let escaping = env
+        .wait_condition("escaping", "False", "ChartRefused")
+        .await;
+    let message = ready_message(&escaping);
+    assert!(message.contains("templates/passwd.yaml"), "{message}");
+    assert!(!message.contains("root:"), "no file bytes in messages");
+    assert!(
+        env.helm_history("escaping").is_empty(),
+        "no Helm process for a refused chart"
+    );
 
     // An upgrade the apiserver refuses (port out of range) fails; revision 1 stays deployed.
     env.apply(
