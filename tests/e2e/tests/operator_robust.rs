@@ -1,0 +1,294 @@
+//! helm-operator where operators hurt their users: ownership, failure policy, suspend and
+//! reconcile requests, against a real control plane and the real helm.
+
+use e2e::eventually;
+use e2e::operator::{OperatorEnv, ready_message};
+use fhr_types::FluxHelmRelease;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use std::time::Duration;
+
+fn ready_at(revision: i64) -> impl Fn(&FluxHelmRelease) -> bool {
+    move |f| {
+        f.status.as_ref().and_then(|s| s.revision) == Some(revision)
+            && f.condition("Ready").is_some_and(|c| c.status == "True")
+    }
+}
+
+/// Waits until the operator has reconciled at least `count` more times.
+async fn reconciles(env: &OperatorEnv, count: f64) {
+    let operator = env.operator();
+    let start = operator.metric("fhr_operator_reconciles_total").await;
+    eventually(
+        &format!("{count} more reconciles"),
+        Duration::from_secs(60),
+        || async {
+            let now = operator.metric("fhr_operator_reconciles_total").await;
+            if now >= start + count {
+                Ok(())
+            } else {
+                Err(format!("{now} (from {start})"))
+            }
+        },
+    )
+    .await;
+}
+
+fn helm_install(env: &OperatorEnv, release: &str) {
+    let chart = fhr_testenv::examples_dir().join("charts/webapp");
+    let output = env
+        .cp
+        .helm()
+        .args(["install", release, "--namespace", &env.namespace])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_release_installed_by_hand_is_adopted_only_when_named_explicitly() {
+    let mut env = OperatorEnv::new("adopt").await;
+    helm_install(&env, "handmade");
+    let default_name = format!("{}-unnamed", env.namespace);
+    helm_install(&env, &default_name);
+    env.start_operator(&[]).await;
+
+    // Named explicitly: adopted and upgraded (revision 2 carries the operator's labels).
+    env.apply(
+        "adopter",
+        json!({"chartGitPath": "webapp", "releaseName": "handmade",
+        "values": [{"name": "message", "value": "adopted"}]}),
+    )
+    .await;
+    env.wait_for("adopter", "the adopted release upgraded", ready_at(2))
+        .await;
+    assert_eq!(
+        env.helm_history("handmade").last(),
+        Some(&(2, "deployed".to_owned()))
+    );
+
+    // Not named: the existing release of the default name is left alone and reported.
+    env.apply("unnamed", json!({"chartGitPath": "webapp"}))
+        .await;
+    let fhr = env
+        .wait_condition("unnamed", "False", "ReleaseConflict")
+        .await;
+    assert!(
+        ready_message(&fhr).contains("set spec.releaseName"),
+        "{}",
+        ready_message(&fhr)
+    );
+    reconciles(&env, 2.0).await;
+    assert_eq!(
+        env.helm_history(&default_name),
+        vec![(1, "deployed".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn two_resources_naming_one_release_do_not_fight() {
+    let mut env = OperatorEnv::new("pingpong").await;
+    env.start_operator(&["--charts-sync-interval=2s"]).await;
+    env.apply(
+        "first",
+        json!({"chartGitPath": "webapp", "releaseName": "shared",
+        "values": [{"name": "message", "value": "first"}]}),
+    )
+    .await;
+    env.wait_for("first", "installed", ready_at(1)).await;
+    env.apply(
+        "second",
+        json!({"chartGitPath": "webapp", "releaseName": "shared",
+        "values": [{"name": "message", "value": "second"}]}),
+    )
+    .await;
+    let second = env
+        .wait_condition("second", "False", "ReleaseConflict")
+        .await;
+    assert!(
+        ready_message(&second).contains(&format!("{}/first", env.namespace)),
+        "{}",
+        ready_message(&second)
+    );
+    // Several re-checks of both: the release never moves.
+    reconciles(&env, 8.0).await;
+    assert_eq!(env.helm_history("shared"), vec![(1, "deployed".to_owned())]);
+    let first = env.api().get("first").await.unwrap();
+    assert!(first.condition("Ready").is_some_and(|c| c.status == "True"));
+}
+
+/// A chart whose Service port comes from values: port 99999 makes the API server refuse it.
+fn add_port_chart(env: &OperatorEnv) {
+    env.repo
+        .write(
+            "charts/ported/Chart.yaml",
+            "apiVersion: v2\nname: ported\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/ported/templates/svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Release.Name }}\nspec:\n  ports:\n    - port: {{ .Values.port }}\n",
+        )
+        .unwrap();
+    env.repo
+        .write("charts/ported/values.yaml", "port: 80\n")
+        .unwrap();
+    env.repo
+        .commit("a chart whose port comes from values")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_upgrade_rolls_back_when_enabled_and_then_waits_for_a_change() {
+    let mut env = OperatorEnv::new("rollback").await;
+    add_port_chart(&env);
+    env.start_operator(&["--charts-sync-interval=2s"]).await;
+    let spec = |port: u32| {
+        json!({"chartGitPath": "ported", "releaseName": "rb", "rollback": {"enable": true},
+        "values": [{"name": "port", "value": port}]})
+    };
+    env.apply("rb", spec(80)).await;
+    env.wait_for("rb", "installed", ready_at(1)).await;
+
+    env.apply("rb", spec(99999)).await;
+    let fhr = env.wait_condition("rb", "False", "RolledBack").await;
+    assert!(
+        ready_message(&fhr).contains("rolled back to revision 1"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert!(fhr.status.unwrap().failures >= Some(1));
+    let history = env.helm_history("rb");
+    assert_eq!(
+        history.last(),
+        Some(&(3, "deployed".to_owned())),
+        "{history:?}"
+    );
+    assert!(history.contains(&(2, "failed".to_owned())), "{history:?}");
+
+    // No upgrade loop: re-checks leave the rolled-back release alone until something changes.
+    let helm = env.helm_processes().await;
+    reconciles(&env, 4.0).await;
+    assert_eq!(
+        env.helm_processes().await,
+        helm,
+        "the failed upgrade was retried in a loop"
+    );
+    env.apply("rb", spec(8080)).await;
+    env.wait_for("rb", "upgraded after the fix", ready_at(4))
+        .await;
+}
+
+#[tokio::test]
+async fn a_failed_upgrade_without_rollback_stays_failed_and_is_retried_with_backoff() {
+    let mut env = OperatorEnv::new("retry").await;
+    add_port_chart(&env);
+    env.start_operator(&[]).await;
+    env.apply(
+        "retry",
+        json!({"chartGitPath": "ported", "releaseName": "retry"}),
+    )
+    .await;
+    env.wait_for("retry", "installed", ready_at(1)).await;
+    env.apply(
+        "retry",
+        json!({"chartGitPath": "ported", "releaseName": "retry",
+        "values": [{"name": "port", "value": 99999}]}),
+    )
+    .await;
+    let fhr = env
+        .wait_for("retry", "two failed attempts", |f| {
+            f.status.as_ref().and_then(|s| s.failures) >= Some(2)
+        })
+        .await;
+    assert_eq!(fhr.condition("Ready").unwrap().reason, "UpgradeFailed");
+    let history = env.helm_history("retry");
+    assert!(
+        history.contains(&(1, "deployed".to_owned())),
+        "the last good revision stays deployed: {history:?}"
+    );
+    let body = env.operator().get("/metrics").await.unwrap().1;
+    let failed = e2e::metric_sum(
+        &body
+            .lines()
+            .filter(|l| l.contains("result=\"failure\""))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        "fhr_operator_helm_actions_total",
+    );
+    assert!(failed >= 2.0, "failures are counted in metrics: {failed}");
+}
+
+#[tokio::test]
+async fn a_failed_first_install_is_cleaned_up_so_the_next_attempt_succeeds() {
+    let mut env = OperatorEnv::new("firstfail").await;
+    add_port_chart(&env);
+    env.start_operator(&[]).await;
+    env.apply(
+        "first",
+        json!({"chartGitPath": "ported", "releaseName": "first",
+        "values": [{"name": "port", "value": 99999}]}),
+    )
+    .await;
+    env.wait_condition("first", "False", "InstallFailed").await;
+    assert_eq!(env.helm_history("first"), vec![(1, "failed".to_owned())]);
+    env.apply(
+        "first",
+        json!({"chartGitPath": "ported", "releaseName": "first"}),
+    )
+    .await;
+    env.wait_for(
+        "first",
+        "installed after the failed install was removed",
+        ready_at(1),
+    )
+    .await;
+    assert_eq!(env.helm_history("first"), vec![(1, "deployed".to_owned())]);
+}
+
+#[tokio::test]
+async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
+    let mut env = OperatorEnv::new("suspend").await;
+    env.start_operator(&["--charts-sync-interval=1h"]).await;
+    env.apply("s", json!({"chartGitPath": "webapp", "releaseName": "s"}))
+        .await;
+    env.wait_for("s", "installed", ready_at(1)).await;
+
+    env.apply(
+        "s",
+        json!({"chartGitPath": "webapp", "releaseName": "s", "suspend": true,
+        "values": [{"name": "message", "value": "not while suspended"}]}),
+    )
+    .await;
+    reconciles(&env, 1.0).await;
+    assert_eq!(
+        env.helm_history("s"),
+        vec![(1, "deployed".to_owned())],
+        "acted while suspended"
+    );
+
+    env.apply(
+        "s",
+        json!({"chartGitPath": "webapp", "releaseName": "s",
+        "values": [{"name": "message", "value": "resumed"}]}),
+    )
+    .await;
+    env.wait_for("s", "upgraded once resumed", ready_at(2))
+        .await;
+
+    // With an hour between re-checks, only the annotation explains another reconcile.
+    let before = env.operator().metric("fhr_operator_reconciles_total").await;
+    let patch = json!({"metadata": {"annotations": {fhr_types::meta::RECONCILE_REQUEST_ANNOTATION: "now"}}});
+    env.api()
+        .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    reconciles(&env, 1.0).await;
+    assert!(env.operator().metric("fhr_operator_reconciles_total").await > before);
+}
