@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod git_metrics;
 pub mod kube;
+pub mod leader;
 pub mod logging;
 pub mod shutdown;
 

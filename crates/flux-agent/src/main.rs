@@ -66,6 +66,20 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         .iter()
         .map(|k| sync::AllowedKind::parse(k))
         .collect();
+    let lease = format!("flux-agent-{}", config.sync_set);
+    let Some(lost) = fhr_runtime::leader::lead(
+        &client,
+        &config.leader,
+        &state_namespace,
+        &lease,
+        &health,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    fhr_runtime::leader::stop_when_lost(&lost, &shutdown);
     let agent = agent::Agent {
         mirror,
         fetch_timeout: config.git.git_timeout,
@@ -92,6 +106,10 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     agent.run(shutdown.clone()).await;
     health.set_not_ready("shutting down");
     admin.await??;
+    anyhow::ensure!(
+        !lost.is_cancelled(),
+        "leadership lost; exiting to restart as a standby"
+    );
     tracing::info!("shutdown complete");
     Ok(())
 }

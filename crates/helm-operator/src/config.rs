@@ -1,7 +1,7 @@
 //! helm-operator's command line.
 
 use clap::Parser;
-use fhr_runtime::cli::{GitArgs, ServeArgs, parse_interval};
+use fhr_runtime::cli::{GitArgs, LeaderArgs, ServeArgs, parse_interval};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub struct Config {
     /// Folder for the git mirror, exported charts and Helm's cache (default: a temporary folder).
     #[arg(long, env = "STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 
     #[command(flatten)]
     pub serve: ServeArgs,

@@ -66,6 +66,25 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     if !fhr_runtime::kube::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }
+    // One operator acts per scope: the Lease is named after the namespace it watches, if any.
+    let lease = match &config.namespace {
+        Some(namespace) => format!("helm-operator-{namespace}"),
+        None => "helm-operator".to_owned(),
+    };
+    let lease_namespace = config.namespace.as_deref().unwrap_or("default");
+    let Some(lost) = fhr_runtime::leader::lead(
+        &client,
+        &config.leader,
+        lease_namespace,
+        &lease,
+        &health,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    fhr_runtime::leader::stop_when_lost(&lost, &shutdown);
     let api: Api<FluxHelmRelease> = match &config.namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
@@ -125,6 +144,10 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     health.set_not_ready("shutting down");
     shutdown.cancel();
     admin.await??;
+    anyhow::ensure!(
+        !lost.is_cancelled(),
+        "leadership lost; exiting to restart as a standby"
+    );
     tracing::info!("shutdown complete");
     Ok(())
 }

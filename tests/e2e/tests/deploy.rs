@@ -117,6 +117,8 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
         "--git-allow-insecure-http".into(),
         "--git-poll-interval=1s".into(),
         format!("--namespace={}", env.namespace),
+        // Its Role grants Leases in its own namespace only.
+        "--leader-election-namespace=flux-helm".into(),
         format!("--helm-bin={}", cp.tools().helm.display()),
         format!(
             "--state-dir={}",

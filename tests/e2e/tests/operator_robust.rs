@@ -292,3 +292,55 @@ async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
     reconciles(&env, 1.0).await;
     assert!(env.operator().metric("fhr_operator_reconciles_total").await > before);
 }
+
+#[tokio::test]
+async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
+    let env = OperatorEnv::new("leader").await;
+    let args = env.operator_args(&["--lease-duration=3s"]);
+    let mut leader =
+        e2e::Daemon::start("helm-operator", env.cp.kubeconfig(), env.dir.path(), &args);
+    leader.wait_ready().await;
+    let standby = e2e::Daemon::start("helm-operator", env.cp.kubeconfig(), env.dir.path(), &args);
+    eventually(
+        "the second operator to stand by",
+        Duration::from_secs(30),
+        || async {
+            match standby.get("/readyz").await {
+                Ok((503, body)) if body.contains("standby") => Ok(()),
+                other => Err(format!("{other:?}\n{}", standby.log_tail())),
+            }
+        },
+    )
+    .await;
+
+    env.apply(
+        "one",
+        json!({"chartGitPath": "webapp", "releaseName": "one"}),
+    )
+    .await;
+    env.wait_for("one", "installed by the leader", ready_at(1))
+        .await;
+    assert_eq!(leader.metric("fhr_operator_helm_actions_total").await, 1.0);
+    assert_eq!(
+        standby.metric("fhr_operator_helm_actions_total").await,
+        0.0,
+        "the standby acted"
+    );
+    assert_eq!(
+        standby.metric("fhr_operator_reconciles_total").await,
+        0.0,
+        "the standby reconciled"
+    );
+
+    // A crash: the Lease is not released, so the standby waits for it to expire.
+    leader.process.kill();
+    standby.wait_ready().await;
+    env.apply(
+        "two",
+        json!({"chartGitPath": "webapp", "releaseName": "two"}),
+    )
+    .await;
+    env.wait_for("two", "installed by the new leader", ready_at(1))
+        .await;
+    assert_eq!(standby.metric("fhr_operator_helm_actions_total").await, 1.0);
+}
