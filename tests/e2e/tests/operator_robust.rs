@@ -344,3 +344,190 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
         .await;
     assert_eq!(standby.metric("fhr_operator_helm_actions_total").await, 1.0);
 }
+
+/// A chart with a pre-install/pre-upgrade hook Pod: Helm waits for it, so the release stays
+/// `pending-*` until the test, standing in for the kubelet, marks the Pod Succeeded.
+async fn add_hook_chart(env: &OperatorEnv) {
+    env.repo
+        .write(
+            "charts/hooked/Chart.yaml",
+            "apiVersion: v2\nname: hooked\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/hooked/templates/hook.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {{ .Release.Name }}-hook\n  annotations:\n    helm.sh/hook: pre-install,pre-upgrade\n    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded\nspec:\n  restartPolicy: Never\n  containers:\n    - name: hook\n      image: busybox:1.36\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/hooked/templates/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  message: {{ .Values.message | quote }}\n",
+        )
+        .unwrap();
+    env.repo
+        .write("charts/hooked/values.yaml", "message: first\n")
+        .unwrap();
+    env.repo.commit("a chart with a hook").unwrap();
+    // Pods need the namespace's default ServiceAccount, which no controller-manager creates here.
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let account = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    let _ = accounts.create(&Default::default(), &account).await;
+}
+
+/// Plays the kubelet for hook Pods: marks every Pod in the namespace Succeeded, until dropped.
+fn complete_hook_pods(env: &OperatorEnv) -> tokio::task::JoinHandle<()> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = pods.list(&Default::default()).await {
+                for pod in list {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    if pod.status.and_then(|s| s.phase).as_deref() != Some("Succeeded") {
+                        let status = json!({"status": {"phase": "Succeeded"}});
+                        let _ = pods
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Waits until the newest revision of `release` has `status`.
+async fn wait_release_status(env: &OperatorEnv, release: &str, status: &str) -> Vec<(i64, String)> {
+    eventually(
+        &format!("release {release} to be {status}"),
+        Duration::from_secs(60),
+        || async {
+            let history = env.helm_history(release);
+            if history.last().is_some_and(|(_, s)| s == status) {
+                Ok(history)
+            } else {
+                Err(format!("{history:?}"))
+            }
+        },
+    )
+    .await
+}
+
+fn helm_processes_for(release: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("helm ") || c.contains("/helm "))
+        .filter(|c| c.split_whitespace().any(|w| w == release))
+        .count()
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_install_or_mid_upgrade_recovers_the_pending_release_by_itself() {
+    let mut env = OperatorEnv::new("crash").await;
+    add_hook_chart(&env).await;
+    env.start_operator(&[]).await;
+    env.apply(
+        "crash",
+        json!({"chartGitPath": "hooked", "releaseName": "crash"}),
+    )
+    .await;
+    wait_release_status(&env, "crash", "pending-install").await;
+
+    // SIGKILL mid-install: helm dies with the operator, the release stays pending-install.
+    let mut operator = env.operator.take().unwrap();
+    operator.process.kill();
+    eventually(
+        "helm to die with the operator",
+        Duration::from_secs(10),
+        || async {
+            match helm_processes_for("crash") {
+                0 => Ok(()),
+                n => Err(format!("{n} helm processes left")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        env.helm_history("crash"),
+        vec![(1, "pending-install".to_owned())]
+    );
+
+    // Restarted, it unlocks the release and converges once the hook runs.
+    let kubelet = complete_hook_pods(&env);
+    env.start_operator(&[]).await;
+    env.wait_for("crash", "installed after the crash", ready_at(1))
+        .await;
+    kubelet.abort();
+
+    // SIGKILL mid-upgrade.
+    env.apply(
+        "crash",
+        json!({"chartGitPath": "hooked", "releaseName": "crash",
+        "values": [{"name": "message", "value": "second"}]}),
+    )
+    .await;
+    wait_release_status(&env, "crash", "pending-upgrade").await;
+    let mut operator = env.operator.take().unwrap();
+    operator.process.kill();
+    let kubelet = complete_hook_pods(&env);
+    env.start_operator(&[]).await;
+    let fhr = env
+        .wait_for("crash", "upgraded after the crash", |f| {
+            f.condition("Ready").is_some_and(|c| c.status == "True")
+                && f.status.as_ref().and_then(|s| s.revision) >= Some(3)
+        })
+        .await;
+    kubelet.abort();
+    let history = env.helm_history("crash");
+    assert!(
+        history.contains(&(2, "failed".to_owned())),
+        "the interrupted revision was marked failed: {history:?}"
+    );
+    assert_eq!(
+        history.last().map(|(_, s)| s.as_str()),
+        Some("deployed"),
+        "{history:?}"
+    );
+    assert!(
+        !history.iter().any(|(_, s)| s.starts_with("pending")),
+        "{history:?}"
+    );
+    assert!(fhr.status.unwrap().revision >= Some(3));
+}
+
+#[tokio::test]
+async fn sigterm_during_an_action_never_leaves_the_release_pending() {
+    let mut env = OperatorEnv::new("sigterm").await;
+    add_hook_chart(&env).await;
+    env.start_operator(&[]).await;
+    // A short Helm timeout: the hook never completes, so helm fails the install cleanly.
+    env.apply(
+        "term",
+        json!({"chartGitPath": "hooked", "releaseName": "term", "timeout": "10s"}),
+    )
+    .await;
+    wait_release_status(&env, "term", "pending-install").await;
+    let mut operator = env.operator.take().unwrap();
+    let exit = operator.process.terminate(Duration::from_secs(90));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "a clean exit after the action: {exit:?}\n{}",
+        operator.log_tail()
+    );
+    let history = env.helm_history("term");
+    assert!(
+        !history.iter().any(|(_, s)| s.starts_with("pending")),
+        "left pending: {history:?}"
+    );
+    assert_eq!(
+        history.last().map(|(_, s)| s.as_str()),
+        Some("failed"),
+        "{history:?}"
+    );
+}
