@@ -65,6 +65,8 @@ pub mod reason {
     pub const INVALID_RELEASE_NAME: &str = "InvalidReleaseName";
     /// `spec.values` does not make a values tree.
     pub const INVALID_VALUES: &str = "InvalidValues";
+    /// A `valuesFrom` source is missing (and not optional) or not a values map.
+    pub const INVALID_VALUES_FROM: &str = "InvalidValuesFrom";
     /// Another field of the spec is unusable (a timeout, …).
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The chart folder does not exist at the fetched commit.

@@ -10,6 +10,7 @@ mod metrics;
 mod reconcile;
 mod status;
 mod storage;
+mod values_from;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -17,8 +18,10 @@ use fhr_runtime::{Health, admin, shutdown};
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::RECONCILE_REQUEST_ANNOTATION;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use std::hash::{Hash, Hasher};
@@ -115,6 +118,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         controller: "helm-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let client_for_watches = client.clone();
     let ctx = Arc::new(reconcile::Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -129,8 +133,28 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         },
     });
     tracing::info!(workers = config.workers, "controller starting");
-    Controller::for_stream(objects, reader)
+    Controller::for_stream(objects, reader.clone())
         .reconcile_on(trigger_rx)
+        // A change to a ConfigMap or Secret re-queues the resources whose valuesFrom names it;
+        // metadata is enough to know, and keeps Secret contents out of the operator's memory.
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watches, &config.namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            referencing(reader.clone(), |source| source.config_map_key_ref.as_ref()),
+        )
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(&client_for_watches, &config.namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            referencing(reader, |source| source.secret_key_ref.as_ref()),
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(config.workers))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -163,4 +187,46 @@ fn decision_inputs(fhr: &FluxHelmRelease) -> Option<u64> {
     fhr.metadata.deletion_timestamp.is_some().hash(&mut hash);
     fhr.finalizers().hash(&mut hash);
     Some(hash.finish())
+}
+
+fn scoped<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Maps a changed ConfigMap or Secret to the resources in its namespace whose `valuesFrom` names it.
+fn referencing<K: kube::Resource>(
+    store: kube::runtime::reflector::Store<FluxHelmRelease>,
+    reference: fn(&fhr_types::ValuesFromSource) -> Option<&fhr_types::KeyRef>,
+) -> impl Fn(
+    kube::core::PartialObjectMeta<K>,
+) -> Vec<kube::runtime::reflector::ObjectRef<FluxHelmRelease>>
++ Send
++ Sync
++ 'static {
+    move |object| {
+        let (namespace, name) = (
+            object.metadata.namespace.unwrap_or_default(),
+            object.metadata.name.unwrap_or_default(),
+        );
+        store
+            .state()
+            .iter()
+            .filter(|fhr| fhr.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|fhr| {
+                fhr.spec
+                    .values_from
+                    .iter()
+                    .filter_map(reference)
+                    .any(|r| r.name == name)
+            })
+            .map(|fhr| kube::runtime::reflector::ObjectRef::from_obj(&**fhr))
+            .collect()
+    }
 }

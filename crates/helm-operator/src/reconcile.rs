@@ -8,6 +8,7 @@ use crate::helm::{self, Helm, HelmError};
 use crate::metrics::Metrics;
 use crate::status::{self, Truth, set_condition};
 use crate::storage::{self, History, StorageError};
+use crate::values_from::{self, Redactor, SourceError};
 use fhr_git::Snapshot;
 use fhr_types::meta::{FINALIZER, condition, reason};
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
@@ -300,9 +301,33 @@ async fn apply<H: Helm>(
         )),
     );
 
-    let values = desired.values.clone();
-    let digest = desired::digest(&tree.to_string(), &values);
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let resolved = match values_from::resolve(&ctx.client, fhr, &namespace, &desired.values).await {
+        Ok(resolved) => resolved,
+        Err(SourceError::Api(e)) => return Err(Error::Kube(e)),
+        Err(SourceError::Invalid(message)) => {
+            let changed = !run.status.conditions.iter().any(|c| c.message == message);
+            run.condition(
+                condition::READY,
+                Some((Truth::False, reason::INVALID_VALUES_FROM, &message)),
+            );
+            run.save().await?;
+            if changed {
+                warn!(%message, "values source not usable");
+                run.event(
+                    EventType::Warning,
+                    reason::INVALID_VALUES_FROM,
+                    "ReadValues",
+                    message,
+                )
+                .await;
+            }
+            // Creating or changing the source re-queues this resource.
+            return Ok(Action::requeue(settings.sync_interval));
+        }
+    };
+    let values = resolved.values;
+    let digest = desired::digest(&tree.to_string(), &values);
     let me = storage::owner(&namespace, &fhr.name_any());
     let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
     let facts = Facts {
@@ -326,6 +351,7 @@ async fn apply<H: Helm>(
         digest: &digest,
         me: &me,
         values: &values,
+        redactor: &resolved.secrets,
     };
     match action {
         ReleaseAction::Nothing => {
@@ -415,6 +441,8 @@ struct Plan<'a> {
     digest: &'a str,
     me: &'a Owner,
     values: &'a serde_json::Map<String, serde_json::Value>,
+    /// Removes values read from Secrets from every message.
+    redactor: &'a Redactor,
 }
 
 fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &decide::ReleaseState) {
@@ -554,7 +582,9 @@ async fn act<H: Helm>(
         Err(error) => {
             let failures = run.status.failures.unwrap_or(0) + 1;
             run.status.failures = Some(failures);
-            let message = format!("helm {verb} of release {release} failed: {error}");
+            let message = plan
+                .redactor
+                .redact(&format!("helm {verb} of release {release} failed: {error}"));
             run.condition(
                 condition::RELEASED,
                 Some((Truth::False, failed_reason, &message)),

@@ -15,10 +15,16 @@ fn ready_at(revision: i64) -> impl Fn(&FluxHelmRelease) -> bool {
     }
 }
 
-/// Waits until the operator has reconciled at least `count` more times.
+/// Waits until the operator has reconciled at least `count` more times than now.
 async fn reconciles(env: &OperatorEnv, count: f64) {
+    let start = env.operator().metric("fhr_operator_reconciles_total").await;
+    reconciles_since(env, start, count).await
+}
+
+/// Waits until the operator has reconciled at least `count` times more than `start` (sampled
+/// before the change that should cause them, so a fast reconcile is not missed).
+async fn reconciles_since(env: &OperatorEnv, start: f64, count: f64) {
     let operator = env.operator();
-    let start = operator.metric("fhr_operator_reconciles_total").await;
     eventually(
         &format!("{count} more reconciles"),
         Duration::from_secs(60),
@@ -260,13 +266,14 @@ async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
         .await;
     env.wait_for("s", "installed", ready_at(1)).await;
 
+    let before = env.operator().metric("fhr_operator_reconciles_total").await;
     env.apply(
         "s",
         json!({"chartGitPath": "webapp", "releaseName": "s", "suspend": true,
         "values": [{"name": "message", "value": "not while suspended"}]}),
     )
     .await;
-    reconciles(&env, 1.0).await;
+    reconciles_since(&env, before, 1.0).await;
     assert_eq!(
         env.helm_history("s"),
         vec![(1, "deployed".to_owned())],
@@ -289,7 +296,7 @@ async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
         .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    reconciles(&env, 1.0).await;
+    reconciles_since(&env, before, 1.0).await;
     assert!(env.operator().metric("fhr_operator_reconciles_total").await > before);
 }
 
@@ -529,5 +536,130 @@ async fn sigterm_during_an_action_never_leaves_the_release_pending() {
         history.last().map(|(_, s)| s.as_str()),
         Some("failed"),
         "{history:?}"
+    );
+}
+
+#[tokio::test]
+async fn values_from_config_maps_and_secrets_merge_in_order_and_secrets_never_leak() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let mut env = OperatorEnv::new("valuesfrom").await;
+    let canary = format!("canary-{}", e2e::unique_name("secret"));
+    let config_maps: kube::Api<ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let apply = PatchParams::apply(e2e::TEST_MANAGER).force();
+    let base = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "base"},
+        "data": {"values.yaml": "message: from-configmap\nreplicaCount: 2\nsettings:\n  logLevel: info\n"}});
+    config_maps
+        .patch("base", &apply, &Patch::Apply(&base))
+        .await
+        .unwrap();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"extra.yaml": format!("settings:\n  token: {canary}\n")}});
+    secrets
+        .patch("creds", &apply, &Patch::Apply(&secret))
+        .await
+        .unwrap();
+    env.start_operator(&[]).await;
+
+    let spec = |extra: serde_json::Value| {
+        let mut spec = json!({"chartGitPath": "webapp", "releaseName": "vf",
+            "valuesFrom": [
+                {"configMapKeyRef": {"name": "base"}},
+                {"secretKeyRef": {"name": "creds", "key": "extra.yaml"}},
+                {"configMapKeyRef": {"name": "absent", "optional": true}},
+            ],
+            "values": [{"name": "replicaCount", "value": 3}]});
+        if let Some(extra) = extra.as_object() {
+            spec.as_object_mut().unwrap().extend(extra.clone());
+        }
+        spec
+    };
+    env.apply("vf", spec(json!(null))).await;
+    env.wait_for("vf", "installed", ready_at(1)).await;
+    let data = config_maps.get("vf-webapp").await.unwrap().data.unwrap();
+    assert_eq!(data["message"], "from-configmap");
+    assert_eq!(data["replicas"], "3", "spec.values wins over valuesFrom");
+    assert!(
+        data["settings.yaml"].contains("logLevel: info"),
+        "{}",
+        data["settings.yaml"]
+    );
+    assert!(
+        data["settings.yaml"].contains(&canary),
+        "the Secret's values reach the chart"
+    );
+
+    // Changing a referenced object upgrades the release.
+    let changed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "base"},
+        "data": {"values.yaml": "message: changed-in-configmap\n"}});
+    config_maps
+        .patch("base", &apply, &Patch::Apply(&changed))
+        .await
+        .unwrap();
+    env.wait_for("vf", "upgraded after the ConfigMap changed", ready_at(2))
+        .await;
+    assert_eq!(
+        config_maps.get("vf-webapp").await.unwrap().data.unwrap()["message"],
+        "changed-in-configmap"
+    );
+
+    // A missing required source is a clear condition; nothing is lost.
+    env.apply(
+        "vf",
+        spec(json!({"valuesFrom": [{"secretKeyRef": {"name": "missing"}}]})),
+    )
+    .await;
+    let fhr = env.wait_condition("vf", "False", "InvalidValuesFrom").await;
+    assert!(
+        ready_message(&fhr).contains("Secret"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert!(
+        ready_message(&fhr).contains("missing"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert_eq!(
+        env.helm_history("vf").last(),
+        Some(&(2, "deployed".to_owned()))
+    );
+
+    // A Secret value the API server refuses shows up in no message.
+    let refused = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"extra.yaml": format!("service:\n  port: {canary}\n")}});
+    secrets
+        .patch("creds", &apply, &Patch::Apply(&refused))
+        .await
+        .unwrap();
+    env.apply("vf", spec(json!(null))).await;
+    env.wait_condition("vf", "False", "UpgradeFailed").await;
+    let fhr = env.api().get("vf").await.unwrap();
+    let status = serde_json::to_string(&fhr.status).unwrap();
+    assert!(
+        !status.contains(&canary),
+        "secret value in status: {status}"
+    );
+    // Helm's error quotes the refused value: the redaction, not luck, keeps it out.
+    assert!(
+        ready_message(&fhr).contains("***"),
+        "{}",
+        ready_message(&fhr)
+    );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let notes: String = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|e| e.message.clone())
+        .collect();
+    assert!(!notes.contains(&canary), "secret value in an Event");
+    assert!(
+        !env.operator().log().contains(&canary),
+        "secret value in the log"
     );
 }
