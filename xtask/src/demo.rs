@@ -19,17 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 pub fn run(once: bool) -> anyhow::Result<()> {
     crate::tools::run(false)?;
-    crate::run_step(
-        "build flux-agent and helm-operator",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--quiet",
-            "-p",
-            "flux-agent",
-            "-p",
-            "helm-operator",
-        ]),
-    )?;
+    crate::build_daemons()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -86,3 +86,20 @@ fn run_step(name: &str, command: &mut std::process::Command) -> anyhow::Result<(
     anyhow::ensure!(status.success(), "{name} failed ({status})");
     Ok(())
 }
+
+/// Builds the two daemons (debug), as the demo and the flags documentation run them.
+fn build_daemons() -> anyhow::Result<()> {
+    run_step(
+        "build flux-agent and helm-operator",
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(
+            [
+                "build",
+                "--quiet",
+                "-p",
+                "flux-agent",
+                "-p",
+                "helm-operator",
+            ],
+        ),
+    )
+}

@@ -19,3 +19,18 @@ pub fn unix_now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
 }
+
+/// The daemon's state folder: `--state-dir` if given, else a temporary folder that lives (and is
+/// removed) with the returned guard.
+pub fn state_dir(
+    configured: Option<&std::path::Path>,
+    prefix: &str,
+) -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    match configured {
+        Some(dir) => Ok((dir.to_owned(), None)),
+        None => {
+            let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+            Ok((dir.path().to_owned(), Some(dir)))
+        }
+    }
+}

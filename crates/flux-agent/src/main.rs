@@ -35,13 +35,9 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let (state_dir, _temporary) = match &config.state_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let dir = tempfile::Builder::new().prefix("flux-agent-").tempdir()?;
-            (dir.path().to_owned(), Some(dir))
-        }
-    };
+    // A temporary state folder lives as long as `_temporary`.
+    let (state_dir, _temporary) =
+        fhr_runtime::state_dir(config.state_dir.as_deref(), "flux-agent-")?;
     let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let client = kube::Client::try_default()

@@ -49,15 +49,8 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     ));
 
     // A temporary state folder lives as long as `_temporary`.
-    let (state_dir, _temporary) = match &config.state_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("helm-operator-")
-                .tempdir()?;
-            (dir.path().to_owned(), Some(dir))
-        }
-    };
+    let (state_dir, _temporary) =
+        fhr_runtime::state_dir(config.state_dir.as_deref(), "helm-operator-")?;
     let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;

@@ -199,6 +199,24 @@ impl Daemon {
         metric_sum(&body, name)
     }
 
+    /// Waits until the sum of a metric reaches `at_least`; sample a start value before the change
+    /// that should move it, so that a fast change is not missed.
+    pub async fn wait_metric(&self, name: &str, at_least: f64) {
+        eventually(
+            &format!("{name} to reach {at_least}"),
+            Duration::from_secs(60),
+            || async {
+                let now = self.metric(name).await;
+                if now >= at_least {
+                    Ok(())
+                } else {
+                    Err(format!("{name} = {now}\n{}", self.log_tail()))
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until `/readyz` answers 200; fails at once if the process exits.
     pub async fn wait_ready(&self) {
         let name = self.name;

@@ -151,15 +151,9 @@ async fn a_commit_changes_only_its_object_and_an_idle_sync_writes_nothing() {
 
     // Periodic syncs with nothing changed write nothing.
     let syncs = env.agent().metric("fhr_agent_syncs_total").await;
-    eventually("two more periodic syncs", SYNC_TIMEOUT, || async {
-        let now = env.agent().metric("fhr_agent_syncs_total").await;
-        if now >= syncs + 2.0 {
-            Ok(())
-        } else {
-            Err(format!("{now} syncs"))
-        }
-    })
-    .await;
+    env.agent()
+        .wait_metric("fhr_agent_syncs_total", syncs + 2.0)
+        .await;
     assert_eq!(
         resource_versions(&api).await,
         before,

@@ -181,19 +181,9 @@ async fn only_releases_of_a_changed_chart_upgrade_and_nothing_else_starts_helm()
 
     // Periodic re-checks with nothing changed start no Helm process.
     let reconciles = env.operator().metric("fhr_operator_reconciles_total").await;
-    eventually(
-        "several periodic re-checks",
-        Duration::from_secs(30),
-        || async {
-            let now = env.operator().metric("fhr_operator_reconciles_total").await;
-            if now >= reconciles + 6.0 {
-                Ok(())
-            } else {
-                Err(format!("{now} reconciles"))
-            }
-        },
-    )
-    .await;
+    env.operator()
+        .wait_metric("fhr_operator_reconciles_total", reconciles + 6.0)
+        .await;
     assert_eq!(
         env.helm_processes().await,
         installs,
@@ -210,19 +200,9 @@ async fn only_releases_of_a_changed_chart_upgrade_and_nothing_else_starts_helm()
     let elsewhere = env.repo.commit("docs only").unwrap();
     env.wait_fetched(&elsewhere).await;
     let reconciles = env.operator().metric("fhr_operator_reconciles_total").await;
-    eventually(
-        "re-checks after the commit",
-        Duration::from_secs(30),
-        || async {
-            let now = env.operator().metric("fhr_operator_reconciles_total").await;
-            if now >= reconciles + 3.0 {
-                Ok(())
-            } else {
-                Err(format!("{now} reconciles"))
-            }
-        },
-    )
-    .await;
+    env.operator()
+        .wait_metric("fhr_operator_reconciles_total", reconciles + 3.0)
+        .await;
     assert_eq!(
         env.helm_processes().await,
         installs,

@@ -21,23 +21,11 @@ async fn reconciles(env: &OperatorEnv, count: f64) {
     reconciles_since(env, start, count).await
 }
 
-/// Waits until the operator has reconciled at least `count` times more than `start` (sampled
-/// before the change that should cause them, so a fast reconcile is not missed).
+/// Waits until the operator has reconciled `count` times more than `start`.
 async fn reconciles_since(env: &OperatorEnv, start: f64, count: f64) {
-    let operator = env.operator();
-    eventually(
-        &format!("{count} more reconciles"),
-        Duration::from_secs(60),
-        || async {
-            let now = operator.metric("fhr_operator_reconciles_total").await;
-            if now >= start + count {
-                Ok(())
-            } else {
-                Err(format!("{now} (from {start})"))
-            }
-        },
-    )
-    .await;
+    env.operator()
+        .wait_metric("fhr_operator_reconciles_total", start + count)
+        .await
 }
 
 fn helm_install(env: &OperatorEnv, release: &str) {
