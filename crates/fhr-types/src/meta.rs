@@ -79,6 +79,8 @@ pub mod reason {
     pub const GIT_NOT_SYNCED: &str = "GitNotSynced";
     /// The release belongs to another FluxHelmRelease, or to nobody and adoption was not asked for.
     pub const RELEASE_CONFLICT: &str = "ReleaseConflict";
+    /// Objects of an in-sync release were changed or deleted by hand (an Event; an upgrade restores them).
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
     /// `spec.suspend` is true.
     pub const SUSPENDED: &str = "Suspended";
 }

@@ -4,6 +4,7 @@ mod charts;
 mod config;
 mod decide;
 mod desired;
+mod drift;
 mod gitwatch;
 mod helm;
 mod metrics;
@@ -119,6 +120,8 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         charts,
         git: view_rx,
         metrics,
+        corrections: Default::default(),
+        resources: Default::default(),
         settings: reconcile::Settings {
             charts_path: config.charts_path.clone(),
             default_timeout: config.helm_timeout,

@@ -4,6 +4,7 @@
 use crate::charts::ChartCache;
 use crate::decide::{self, Action as ReleaseAction, Facts, Owner};
 use crate::desired::{self, Desired, SpecError};
+use crate::drift;
 use crate::helm::{self, Helm, HelmError};
 use crate::metrics::Metrics;
 use crate::status::{self, Truth, set_condition};
@@ -58,6 +59,10 @@ pub struct Context<H: Helm> {
     pub recorder: Recorder,
     /// Flags.
     pub settings: Settings,
+    /// Drift corrections that did not hold, per release.
+    pub corrections: drift::Corrections,
+    /// API resources of chart objects, for drift detection.
+    pub resources: drift::Resources,
 }
 
 /// Errors that retrying may fix (the API or storage was unreachable, an uninstall failed).
@@ -355,6 +360,27 @@ async fn apply<H: Helm>(
     };
     match action {
         ReleaseAction::Nothing => {
+            if state == decide::ReleaseState::InSync
+                && let Some(latest) = history.latest()
+            {
+                let drifted =
+                    drift(ctx, &namespace, &desired.release, latest.number, &digest).await;
+                if !drifted.is_empty() {
+                    let message = format!(
+                        "objects changed by hand: {}; upgrading to restore them",
+                        drift::describe(&drifted)
+                    );
+                    warn!(%message, "drift");
+                    run.event(
+                        EventType::Warning,
+                        reason::DRIFT_DETECTED,
+                        "DetectDrift",
+                        message,
+                    )
+                    .await;
+                    return export_and_act(&mut run, &plan, ReleaseAction::Upgrade, tree).await;
+                }
+            }
             in_sync_status(&mut run, &history, &state);
             run.save().await?;
             Ok(Action::requeue(settings.sync_interval))
@@ -401,36 +427,77 @@ async fn apply<H: Helm>(
             Ok(Action::requeue(Duration::from_millis(100)))
         }
         ReleaseAction::Rollback(_) => act(&mut run, &plan, action, None).await,
-        action => {
-            // The chart is exported before any Helm process starts: a refused chart is the
-            // repository's problem, reported as such, not a failed Helm action.
-            match ctx.charts.chart_dir(&snapshot, tree).await {
-                Ok(chart_dir) => act(&mut run, &plan, action, Some(&chart_dir)).await,
-                Err(e) => {
-                    let message = format!("chart {:?} refused: {e}", desired.chart_path);
-                    run.condition(
-                        condition::CHART_FETCHED,
-                        Some((Truth::False, reason::CHART_REFUSED, &message)),
-                    );
-                    run.condition(
-                        condition::READY,
-                        Some((Truth::False, reason::CHART_REFUSED, &message)),
-                    );
-                    run.save().await?;
-                    warn!(%message, "chart refused");
-                    run.event(
-                        EventType::Warning,
-                        reason::CHART_REFUSED,
-                        "FetchChart",
-                        message,
-                    )
-                    .await;
-                    // A commit that changes the chart folder re-queues this resource.
-                    Ok(Action::requeue(settings.sync_interval))
-                }
-            }
+        action => export_and_act(&mut run, &plan, action, tree).await,
+    }
+}
+
+/// Exports the chart, then acts. The chart is exported before any Helm process starts: a
+/// refused chart is the repository's problem, reported as such, not a failed Helm action.
+async fn export_and_act<H: Helm>(
+    run: &mut Run<'_, H>,
+    plan: &Plan<'_>,
+    action: ReleaseAction,
+    tree: fhr_git::ObjectId,
+) -> Result<Action, Error> {
+    match run.ctx.charts.chart_dir(plan.snapshot, tree).await {
+        Ok(chart_dir) => act(run, plan, action, Some(&chart_dir)).await,
+        Err(e) => {
+            let message = format!("chart {:?} refused: {e}", plan.desired.chart_path);
+            run.condition(
+                condition::CHART_FETCHED,
+                Some((Truth::False, reason::CHART_REFUSED, &message)),
+            );
+            run.condition(
+                condition::READY,
+                Some((Truth::False, reason::CHART_REFUSED, &message)),
+            );
+            run.save().await?;
+            warn!(%message, "chart refused");
+            run.event(
+                EventType::Warning,
+                reason::CHART_REFUSED,
+                "FetchChart",
+                message,
+            )
+            .await;
+            // A commit that changes the chart folder re-queues this resource.
+            Ok(Action::requeue(run.ctx.settings.sync_interval))
         }
     }
+}
+
+/// Compares an in-sync release's objects with the cluster; what drifted (after the corrections
+/// that did not hold are set aside). Detection problems are logged, never fatal: the release is
+/// in sync as far as Helm knows.
+async fn drift<H: Helm>(
+    ctx: &Context<H>,
+    namespace: &str,
+    release: &str,
+    revision: i64,
+    digest: &str,
+) -> Vec<drift::Drifted> {
+    let manifest = match storage::manifest(&ctx.client, namespace, release, revision).await {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            warn!(error = %e, "cannot read the release manifest to look for drift");
+            return Vec::new();
+        }
+    };
+    let found = match drift::detect(&ctx.client, &ctx.resources, namespace, &manifest).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "cannot compare the release's objects with the cluster");
+            return Vec::new();
+        }
+    };
+    let (act_on, ignored) = ctx
+        .corrections
+        .decide(&format!("{namespace}/{release}"), digest, found)
+        .await;
+    if !ignored.is_empty() {
+        warn!(fields = ?ignored, "drift that an upgrade did not correct (the API server changes these values); ignoring it until the chart or values change");
+    }
+    act_on
 }
 
 /// What an action works from.
@@ -674,6 +741,9 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     .await
     {
         Ok(()) => {
+            ctx.corrections
+                .forget(&format!("{namespace}/{release}"))
+                .await;
             info!(%release, "release uninstalled");
             Ok(Action::await_change())
         }

@@ -114,6 +114,38 @@ pub fn labels(owner: &Owner, digest: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The rendered manifest of a revision, as Helm stored it.
+pub async fn manifest(
+    client: &kube::Client,
+    namespace: &str,
+    release: &str,
+    revision: i64,
+) -> Result<String, StorageError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let (name, _, record) = read_record(&secrets, release, revision).await?;
+    record["manifest"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StorageError::Corrupt(name, "no manifest".into()))
+}
+
+/// Reads and decodes a revision's storage Secret: (its name, the Secret, the record).
+async fn read_record(
+    secrets: &Api<Secret>,
+    release: &str,
+    revision: i64,
+) -> Result<(String, Secret, serde_json::Value), StorageError> {
+    let name = format!("sh.helm.release.v1.{release}.v{revision}");
+    let secret = secrets.get(&name).await?;
+    let encoded = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("release"))
+        .ok_or_else(|| StorageError::Corrupt(name.clone(), "no release key".into()))?;
+    let record = decode_record(&encoded.0).map_err(|e| StorageError::Corrupt(name.clone(), e))?;
+    Ok((name, secret, record))
+}
+
 /// Marks a revision left `pending-*` by an interrupted action as failed, as Helm itself would have
 /// had it finished, so that the normal failure handling can remediate it.
 pub async fn mark_failed(
@@ -123,15 +155,8 @@ pub async fn mark_failed(
     revision: i64,
 ) -> Result<(), StorageError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = format!("sh.helm.release.v1.{release}.v{revision}");
-    let mut secret = secrets.get(&name).await?;
+    let (name, mut secret, mut record) = read_record(&secrets, release, revision).await?;
     let corrupt = |what: &str| StorageError::Corrupt(name.clone(), what.to_owned());
-    let encoded = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("release"))
-        .ok_or_else(|| corrupt("no release key"))?;
-    let mut record = decode_record(&encoded.0).map_err(|e| corrupt(&e))?;
     let info = record
         .get_mut("info")
         .and_then(|i| i.as_object_mut())

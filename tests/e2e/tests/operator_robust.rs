@@ -651,3 +651,90 @@ async fn values_from_config_maps_and_secrets_merge_in_order_and_secrets_never_le
         "secret value in the log"
     );
 }
+
+#[tokio::test]
+async fn objects_edited_or_deleted_by_hand_are_restored_and_no_drift_runs_no_helm() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    let mut env = OperatorEnv::new("drift").await;
+    env.start_operator(&["--charts-sync-interval=2s"]).await;
+    env.apply(
+        "d",
+        json!({"chartGitPath": "webapp", "releaseName": "d",
+        "values": [{"name": "message", "value": "declared"}]}),
+    )
+    .await;
+    env.wait_for("d", "installed", ready_at(1)).await;
+
+    // Detection reads the cluster: re-checks of untouched objects (with the API server's
+    // defaults added to them) start no Helm process.
+    let helm = env.helm_processes().await;
+    reconciles(&env, 4.0).await;
+    assert_eq!(
+        env.helm_processes().await,
+        helm,
+        "re-checks without drift ran helm"
+    );
+
+    let config_maps: kube::Api<ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let edit = json!({"data": {"message": "edited by hand"}});
+    config_maps
+        .patch("d-webapp", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually(
+        "the hand edit to be undone",
+        Duration::from_secs(60),
+        || async {
+            let data = config_maps
+                .get("d-webapp")
+                .await
+                .map_err(|e| e.to_string())?
+                .data
+                .unwrap_or_default();
+            if data.get("message").map(String::as_str) == Some("declared") {
+                Ok(())
+            } else {
+                Err(format!("{data:?}"))
+            }
+        },
+    )
+    .await;
+
+    let services: kube::Api<Service> = kube::Api::namespaced(env.client.clone(), &env.namespace);
+    services
+        .delete("d-webapp", &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted Service to be recreated",
+        Duration::from_secs(60),
+        || async {
+            match services.get_opt("d-webapp").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    env.wait_for("d", "in sync again", |f| {
+        f.condition("Ready").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(
+        env.helm_processes().await,
+        helm + 2.0,
+        "one upgrade per drift"
+    );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "DriftDetected"), "{reasons:?}");
+}
