@@ -25,6 +25,19 @@ async fn names(api: &Api<FluxHelmRelease>) -> Vec<String> {
     names
 }
 
+/// Waits until the namespace holds exactly these FluxHelmRelease objects.
+async fn wait_names(api: &Api<FluxHelmRelease>, expected: &[&str]) {
+    eventually(&format!("objects {expected:?}"), SYNC_TIMEOUT, || async {
+        let now = names(api).await;
+        if now == expected {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    })
+    .await
+}
+
 async fn resource_versions(api: &Api<FluxHelmRelease>) -> BTreeMap<String, String> {
     api.list(&ListParams::default())
         .await
@@ -189,15 +202,7 @@ async fn removed_resources_are_pruned_and_nothing_else_is_touched() {
     env.repo.commit("two").unwrap();
     env.start_agent(&[]).await;
     let api = env.api(&env.namespace);
-    eventually("both applied", SYNC_TIMEOUT, || async {
-        let n = names(&api).await;
-        if n == ["drop", "keep"] {
-            Ok(())
-        } else {
-            Err(format!("{n:?}"))
-        }
-    })
-    .await;
+    wait_names(&api, &["drop", "keep"]).await;
 
     // Objects this agent never marked, and objects of another sync set.
     let unmarked: FluxHelmRelease = serde_json::from_value(json!({
@@ -237,14 +242,7 @@ async fn broken_yaml_applies_the_valid_documents_prunes_nothing_and_heals() {
     env.repo.commit("one").unwrap();
     env.start_agent(&[]).await;
     let api = env.api(&env.namespace);
-    eventually("old applied", SYNC_TIMEOUT, || async {
-        if names(&api).await == ["old"] {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
+    wait_names(&api, &["old"]).await;
 
     // old.yaml is removed in the same commit that breaks another file: nothing may be pruned.
     env.repo.remove("releaseconfig/old.yaml").unwrap();
@@ -325,14 +323,7 @@ async fn with_git_down_the_applied_state_stays_and_the_agent_recovers() {
     env.repo.commit("one").unwrap();
     env.start_agent(&[]).await;
     let api = env.api(&env.namespace);
-    eventually("a applied", SYNC_TIMEOUT, || async {
-        if names(&api).await == ["a"] {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
+    wait_names(&api, &["a"]).await;
 
     env.git.set_available(false);
     let agent = env.agent();
@@ -520,14 +511,7 @@ async fn a_manual_edit_is_undone_at_the_next_periodic_sync() {
     env.repo.commit("a").unwrap();
     env.start_agent(&["--sync-interval=2s"]).await;
     let api = env.api(&env.namespace);
-    eventually("a applied", SYNC_TIMEOUT, || async {
-        if names(&api).await == ["a"] {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
+    wait_names(&api, &["a"]).await;
     let patch = json!({"spec": {"chartGitPath": "edited-by-hand"}});
     api.patch("a", &PatchParams::default(), &Patch::Merge(&patch))
         .await
