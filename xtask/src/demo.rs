@@ -77,6 +77,8 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     let logs = cp.dir().join("logs");
     std::fs::create_dir_all(&logs)?;
     let url = git.url("flux-helm-examples");
+    // Free ports, not fixed ones: the demo runs inside the test command, beside anything else.
+    let (agent_port, operator_port) = (free_port()?, free_port()?);
     let agent = spawn_daemon(
         &binaries,
         "flux-agent",
@@ -85,7 +87,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
         &[
             format!("--git-url={url}"),
             "--git-poll-interval=5s".into(),
-            "--listen=127.0.0.1:3031".into(),
+            format!("--listen=127.0.0.1:{agent_port}"),
             format!("--state-dir={}", cp.dir().join("agent").display()),
         ],
     )?;
@@ -97,7 +99,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
         &[
             format!("--git-url={url}"),
             "--git-poll-interval=5s".into(),
-            "--listen=127.0.0.1:3030".into(),
+            format!("--listen=127.0.0.1:{operator_port}"),
             format!("--helm-bin={}", cp.tools().helm.display()),
             format!("--state-dir={}", cp.dir().join("operator").display()),
         ],
@@ -155,13 +157,19 @@ async fn demo(once: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "\nThe demo keeps running. Try:\n  export KUBECONFIG={}\n  kubectl get fhr -A\n  curl -s 127.0.0.1:3030/metrics | grep fhr_operator\n  curl -X POST 127.0.0.1:3031/api/v1/sync\nPress Ctrl-C to stop.",
+        "\nThe demo keeps running. Try:\n  export KUBECONFIG={}\n  kubectl get fhr -A\n  curl -s 127.0.0.1:{operator_port}/metrics | grep fhr_operator\n  curl -X POST 127.0.0.1:{agent_port}/api/v1/sync\nPress Ctrl-C to stop.",
         cp.kubeconfig().display()
     );
     tokio::signal::ctrl_c().await?;
     step("stopping");
     drop((agent, operator));
     Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Where cargo puts the debug binaries.
