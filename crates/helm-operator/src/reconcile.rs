@@ -74,6 +74,9 @@ pub enum Error {
     /// Helm's storage could not be read.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The local git mirror could not be read.
+    #[error(transparent)]
+    Git(#[from] fhr_git::GitError),
     /// Uninstalling on delete failed; the finalizer stays until it succeeds.
     #[error("uninstalling release {release} failed: {message}")]
     Uninstall {
@@ -93,6 +96,7 @@ impl Error {
         match self {
             Error::Kube(_) => "api_error",
             Error::Storage(_) => "storage_error",
+            Error::Git(_) => "git_error",
             Error::Uninstall { .. } => "uninstall_error",
             Error::Finalizer(_) => "finalizer_error",
         }
@@ -191,30 +195,42 @@ impl<'a, H: Helm> Run<'a, H> {
 
     /// A problem only the user can fix: report it, touch nothing, wait for a change.
     async fn stalled(&mut self, error: &SpecError) -> Result<Action, Error> {
-        let changed = !self.status.conditions.iter().any(|c| {
-            c.type_ == condition::READY && c.reason == error.reason && c.message == error.message
-        });
-        self.condition(
-            condition::READY,
-            Some((Truth::False, error.reason, &error.message)),
-        );
+        self.condition(condition::RECONCILING, None);
         self.condition(
             condition::STALLED,
             Some((Truth::True, error.reason, &error.message)),
         );
-        self.condition(condition::RECONCILING, None);
+        self.blocked(None, error.reason, &error.message, "Validate")
+            .await?;
+        Ok(Action::await_change())
+    }
+
+    /// Reports what keeps the release from its desired state: `Ready=False` (and the same on
+    /// `companion`, if given) with `reason` and `message`. The log line and the Warning Event come
+    /// once per change, not at every re-check of an unchanged problem.
+    async fn blocked(
+        &mut self,
+        companion: Option<&str>,
+        reason: &'static str,
+        message: &str,
+        action: &str,
+    ) -> Result<(), Error> {
+        let changed = !self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.reason == reason && c.message == message);
+        if let Some(companion) = companion {
+            self.condition(companion, Some((Truth::False, reason, message)));
+        }
+        self.condition(condition::READY, Some((Truth::False, reason, message)));
         self.save().await?;
         if changed {
-            warn!(reason = error.reason, message = %error.message, "invalid spec");
-            self.event(
-                EventType::Warning,
-                error.reason,
-                "Validate",
-                error.message.clone(),
-            )
-            .await;
+            warn!(reason, %message, "not ready");
+            self.event(EventType::Warning, reason, action, message.to_owned())
+                .await;
         }
-        Ok(Action::await_change())
+        Ok(())
     }
 }
 
@@ -267,31 +283,17 @@ async fn apply<H: Helm>(
                 desired.chart_path,
                 short(&snapshot.commit())
             );
-            run.condition(
-                condition::CHART_FETCHED,
-                Some((Truth::False, reason::CHART_NOT_FOUND, &message)),
-            );
-            run.condition(
-                condition::READY,
-                Some((Truth::False, reason::CHART_NOT_FOUND, &message)),
-            );
-            run.save().await?;
-            run.event(
-                EventType::Warning,
+            run.blocked(
+                Some(condition::CHART_FETCHED),
                 reason::CHART_NOT_FOUND,
+                &message,
                 "FetchChart",
-                message,
             )
-            .await;
+            .await?;
             // A commit that adds the folder re-queues this resource.
             return Ok(Action::requeue(settings.sync_interval));
         }
-        Err(e) => {
-            return Err(Error::Storage(StorageError::Corrupt(
-                "git mirror".into(),
-                e.to_string(),
-            )));
-        }
+        Err(e) => return Err(Error::Git(e)),
     };
     run.condition(
         condition::CHART_FETCHED,
@@ -311,22 +313,8 @@ async fn apply<H: Helm>(
         Ok(resolved) => resolved,
         Err(SourceError::Api(e)) => return Err(Error::Kube(e)),
         Err(SourceError::Invalid(message)) => {
-            let changed = !run.status.conditions.iter().any(|c| c.message == message);
-            run.condition(
-                condition::READY,
-                Some((Truth::False, reason::INVALID_VALUES_FROM, &message)),
-            );
-            run.save().await?;
-            if changed {
-                warn!(%message, "values source not usable");
-                run.event(
-                    EventType::Warning,
-                    reason::INVALID_VALUES_FROM,
-                    "ReadValues",
-                    message,
-                )
-                .await;
-            }
+            run.blocked(None, reason::INVALID_VALUES_FROM, &message, "ReadValues")
+                .await?;
             // Creating or changing the source re-queues this resource.
             return Ok(Action::requeue(settings.sync_interval));
         }
@@ -386,30 +374,13 @@ async fn apply<H: Helm>(
             Ok(Action::requeue(settings.sync_interval))
         }
         ReleaseAction::Conflict(message) => {
-            let changed = !run
-                .status
-                .conditions
-                .iter()
-                .any(|c| c.reason == reason::RELEASE_CONFLICT);
-            run.condition(
-                condition::RELEASED,
-                Some((Truth::False, reason::RELEASE_CONFLICT, &message)),
-            );
-            run.condition(
-                condition::READY,
-                Some((Truth::False, reason::RELEASE_CONFLICT, &message)),
-            );
-            run.save().await?;
-            if changed {
-                warn!(%message, "release conflict");
-                run.event(
-                    EventType::Warning,
-                    reason::RELEASE_CONFLICT,
-                    "Decide",
-                    message,
-                )
-                .await;
-            }
+            run.blocked(
+                Some(condition::RELEASED),
+                reason::RELEASE_CONFLICT,
+                &message,
+                "Decide",
+            )
+            .await?;
             Ok(Action::requeue(settings.sync_interval))
         }
         ReleaseAction::Unlock => {
@@ -443,23 +414,13 @@ async fn export_and_act<H: Helm>(
         Ok(chart_dir) => act(run, plan, action, Some(&chart_dir)).await,
         Err(e) => {
             let message = format!("chart {:?} refused: {e}", plan.desired.chart_path);
-            run.condition(
-                condition::CHART_FETCHED,
-                Some((Truth::False, reason::CHART_REFUSED, &message)),
-            );
-            run.condition(
-                condition::READY,
-                Some((Truth::False, reason::CHART_REFUSED, &message)),
-            );
-            run.save().await?;
-            warn!(%message, "chart refused");
-            run.event(
-                EventType::Warning,
+            run.blocked(
+                Some(condition::CHART_FETCHED),
                 reason::CHART_REFUSED,
+                &message,
                 "FetchChart",
-                message,
             )
-            .await;
+            .await?;
             // A commit that changes the chart folder re-queues this resource.
             Ok(Action::requeue(run.ctx.settings.sync_interval))
         }
