@@ -127,17 +127,23 @@ impl Syncer {
         Ok(())
     }
 
+    /// The API resource of an allowed kind. An unknown one may be a CRD installed since the last
+    /// discovery, so discovery runs again — at most once per sync (`rediscovered`), however many
+    /// manifests name kinds the API server does not serve.
     async fn resource(
         &self,
         group: &str,
         kind: &str,
+        rediscovered: &mut bool,
     ) -> Result<Option<(ApiResource, ApiCapabilities)>, kube::Error> {
         let key = (group.to_owned(), kind.to_owned());
         if let Some(found) = self.resources.lock().await.get(&key) {
             return Ok(Some(found.clone()));
         }
-        // A CRD installed since the last discovery.
-        self.discover().await?;
+        if !*rediscovered {
+            *rediscovered = true;
+            self.discover().await?;
+        }
         Ok(self.resources.lock().await.get(&key).cloned())
     }
 
@@ -152,6 +158,7 @@ impl Syncer {
         // Which objects git holds now, and what the cluster has of this sync set.
         let mut desired: BTreeSet<(String, String, String, String)> = BTreeSet::new();
         let mut existing = self.existing().await?;
+        let mut rediscovered = false;
         for manifest in manifests {
             let (group, version) = split_api_version(manifest.api_version());
             if !self
@@ -167,7 +174,9 @@ impl Syncer {
                 ));
                 continue;
             }
-            let Some((resource, capabilities)) = self.resource(group, manifest.kind()).await?
+            let Some((resource, capabilities)) = self
+                .resource(group, manifest.kind(), &mut rediscovered)
+                .await?
             else {
                 report.apply_errors.push(format!(
                     "{}:{}: the API server does not serve {} in {}",
@@ -277,21 +286,16 @@ impl Syncer {
                 })
                 .await
             };
-            let files = match files {
-                Ok(Ok(files)) => files,
-                Ok(Err(e)) => {
+            let files = match files
+                .map_err(|e| e.to_string())
+                .and_then(|read| read.map_err(|e| e.to_string()))
+            {
+                Ok(files) => files,
+                Err(message) => {
                     report.manifest_errors.push(ManifestError {
                         file: path.clone(),
                         line: None,
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    report.manifest_errors.push(ManifestError {
-                        file: path.clone(),
-                        line: None,
-                        message: e.to_string(),
+                        message,
                     });
                     continue;
                 }
