@@ -78,7 +78,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let url = git.url("flux-helm-examples");
     // Free ports, not fixed ones: the demo runs inside the test command, beside anything else.
-    let (agent_port, operator_port) = (free_port()?, free_port()?);
+    let (agent_port, operator_port) = fhr_testenv::free_ports::<2>().map(|[a, b]| (a, b))?;
     let agent = spawn_daemon(
         &binaries,
         "flux-agent",
@@ -164,12 +164,6 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     step("stopping");
     drop((agent, operator));
     Ok(())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Where cargo puts the debug binaries.

@@ -318,7 +318,14 @@ fn write_kubeconfig(
     crate::workdir::write_private(path, kubeconfig.to_string().as_bytes())
 }
 
-fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+/// A free loopback port (a race with another process taking it remains; callers that start a
+/// server on it retry or fail clearly).
+pub fn free_port() -> std::io::Result<u16> {
+    free_ports::<1>().map(|[port]| port)
+}
+
+/// `N` distinct free loopback ports.
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
     // Hold every listener until all ports are chosen so that the N ports differ.
     let listeners = (0..N)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))

@@ -15,7 +15,9 @@ pub mod ssh_server;
 pub mod tools;
 pub mod workdir;
 
-pub use control_plane::{ControlPlane, StartError, client_from_kubeconfig, create_namespace};
+pub use control_plane::{
+    ControlPlane, StartError, client_from_kubeconfig, create_namespace, free_port, free_ports,
+};
 pub use git_server::{GitServer, GitServerOptions, TestRepo};
 pub use process::OwnedChild;
 pub use ssh_server::SshServer;

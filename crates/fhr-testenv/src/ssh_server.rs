@@ -33,9 +33,7 @@ impl SshServer {
         std::fs::copy(path("deploy_key.pub"), path("authorized_keys"))?;
         // sshd's privilege separation needs this folder.
         std::fs::create_dir_all("/run/sshd")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let user = current_user()?;
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nAllowUsers {user}\nPidFile none\nLogLevel VERBOSE\n",

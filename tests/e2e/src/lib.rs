@@ -160,10 +160,19 @@ pub fn daemon_binary(name: &str) -> PathBuf {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    fhr_testenv::free_port().expect("a free loopback port")
+}
+
+/// Runs a command to completion and fails the test with its error output if it fails.
+pub fn output_ok(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().expect("start the command");
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}",
+        command.get_program(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 impl Daemon {
@@ -193,10 +202,17 @@ impl Daemon {
         http_get(self.admin, path).await
     }
 
-    /// The sum of every sample of a metric (all label sets), or 0 when it has none yet.
+    /// The sum of every sample of a metric (all label sets), or 0 when it has none yet. A scrape
+    /// that fails fails the test: read as 0, it would make "nothing happened" assertions vacuous.
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.unwrap_or_default();
-        metric_sum(&body, name)
+        match self.get("/metrics").await {
+            Ok((200, body)) => metric_sum(&body, name),
+            other => panic!(
+                "scraping {} failed: {other:?}\n{}",
+                self.name,
+                self.log_tail()
+            ),
+        }
     }
 
     /// Waits until the sum of a metric reaches `at_least`; sample a start value before the change

@@ -227,36 +227,25 @@ async fn real_helm_installs_an_example_chart_and_lists_it() {
     let namespace = unique_name("helm");
     create_namespace(&client, &namespace).await.unwrap();
     let chart = fhr_testenv::examples_dir().join("charts/webapp");
-    let output = cp
-        .helm()
-        .args([
-            "upgrade",
-            "--install",
-            "web",
-            "--namespace",
-            &namespace,
-            "--set",
-            "message=installed by helm",
-        ])
-        .arg(&chart)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "helm install failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    e2e::output_ok(
+        cp.helm()
+            .args([
+                "upgrade",
+                "--install",
+                "web",
+                "--namespace",
+                &namespace,
+                "--set",
+                "message=installed by helm",
+            ])
+            .arg(&chart),
     );
 
-    let output = cp
-        .helm()
-        .args(["list", "--namespace", &namespace, "--output", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output =
+        e2e::output_ok(
+            cp.helm()
+                .args(["list", "--namespace", &namespace, "--output", "json"]),
+        );
     let releases: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(releases[0]["name"], "web", "{releases}");
     assert_eq!(releases[0]["status"], "deployed", "{releases}");

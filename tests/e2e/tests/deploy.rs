@@ -152,15 +152,9 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
     )
     .await;
     let release = format!("{}-web", env.namespace);
-    let output = cp
-        .helm()
-        .args(["status", &release, "--namespace", &env.namespace])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    e2e::output_ok(
+        cp.helm()
+            .args(["status", &release, "--namespace", &env.namespace]),
     );
     assert!(
         !agent.log().contains("forbidden"),

@@ -30,17 +30,11 @@ async fn reconciles_since(env: &OperatorEnv, start: f64, count: f64) {
 
 fn helm_install(env: &OperatorEnv, release: &str) {
     let chart = fhr_testenv::examples_dir().join("charts/webapp");
-    let output = env
-        .cp
-        .helm()
-        .args(["install", release, "--namespace", &env.namespace])
-        .arg(&chart)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    e2e::output_ok(
+        env.cp
+            .helm()
+            .args(["install", release, "--namespace", &env.namespace])
+            .arg(&chart),
     );
 }
 
