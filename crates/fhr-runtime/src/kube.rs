@@ -6,6 +6,19 @@ use kube::api::Api;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A client from the usual configuration (in-cluster or KUBECONFIG) that names itself
+/// `<daemon>/<version>` in the User-Agent header, so API server audit logs and request metrics
+/// tell the daemons (and their Helm children) apart.
+pub async fn client(daemon: &str, version: &str) -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{daemon}/{version}")) {
+        config.headers.push((axum::http::header::USER_AGENT, value));
+    }
+    kube::Client::try_from(config)
+}
+
 /// Waits until the API server answers and the FluxHelmRelease CRD is Established, reporting
 /// not-ready with the reason meanwhile. Returns false when shutdown came first.
 pub async fn wait_for_crd(

@@ -3,7 +3,6 @@
 mod agent;
 mod config;
 mod http;
-mod manifests;
 mod metrics;
 mod state;
 mod sync;
@@ -40,7 +39,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         fhr_runtime::state_dir(config.state_dir.as_deref(), "flux-agent-")?;
     let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
-    let client = kube::Client::try_default()
+    let client = fhr_runtime::kube::client("flux-agent", env!("CARGO_PKG_VERSION"))
         .await
         .context("Kubernetes client configuration")?;
     let state_namespace = config

@@ -1,5 +1,6 @@
 //! helm-operator: FluxHelmRelease objects and charts in git become Helm releases.
 
+mod chart_archives;
 mod charts;
 mod config;
 mod decide;
@@ -57,7 +58,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
     let helm = helm::HelmCli::new(config.helm_bin.clone(), state_dir.join("helm"))?;
 
-    let client = kube::Client::try_default()
+    let client = fhr_runtime::kube::client("helm-operator", env!("CARGO_PKG_VERSION"))
         .await
         .context("Kubernetes client configuration")?;
     if !fhr_runtime::kube::wait_for_crd(&client, &health, &shutdown).await {
