@@ -52,14 +52,14 @@ pub enum GitError {
     Io(PathBuf, std::io::Error),
 }
 
-/// Fetches on a blocking thread, giving up after `timeout`. A fetch stuck in a read keeps its
-/// thread until the socket returns, but the caller moves on, and the mirror's lock keeps a second
-/// fetch from piling up behind it.
+/// Fetches on a blocking thread, giving up after `timeout`. Each HTTP request carries the same
+/// deadline, so a server that never ends its response, or trickles it, cannot keep the thread
+/// (or the mirror's lock) past it.
 pub async fn fetch(mirror: Arc<Mirror>, timeout: Duration) -> Result<Snapshot, GitError> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let task = tokio::task::spawn_blocking({
         let interrupt = interrupt.clone();
-        move || mirror.fetch(&interrupt)
+        move || mirror.fetch(&interrupt, timeout)
     });
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,

@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A local bare mirror of the source's branch.
 pub struct Mirror {
@@ -36,15 +37,20 @@ impl Mirror {
     }
 
     /// Fetches the branch tip (depth 1) and returns a snapshot of it. Blocking: run it on a
-    /// blocking thread. Setting `interrupt` makes it stop at the next chance.
-    pub fn fetch(&self, interrupt: &AtomicBool) -> Result<Snapshot, GitError> {
+    /// blocking thread. Setting `interrupt` makes it stop at the next chance; every HTTP request
+    /// is abandoned after `request_timeout`.
+    pub fn fetch(
+        &self,
+        interrupt: &AtomicBool,
+        request_timeout: Duration,
+    ) -> Result<Snapshot, GitError> {
         let _guard = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        match self.fetch_once(interrupt) {
+        match self.fetch_once(interrupt, request_timeout) {
             Ok(snapshot) => Ok(snapshot),
             // A crash mid-fetch can leave a lock or a broken repository behind: start over once.
             Err(GitError::Repository(_)) => {
                 let _ = std::fs::remove_dir_all(self.repo_dir());
-                self.fetch_once(interrupt)
+                self.fetch_once(interrupt, request_timeout)
             }
             Err(e) => Err(e),
         }
@@ -74,7 +80,11 @@ impl Mirror {
         gix::open_opts(&dir, options).map_err(|e| GitError::Repository(e.to_string()))
     }
 
-    fn fetch_once(&self, interrupt: &AtomicBool) -> Result<Snapshot, GitError> {
+    fn fetch_once(
+        &self,
+        interrupt: &AtomicBool,
+        request_timeout: Duration,
+    ) -> Result<Snapshot, GitError> {
         let repo = self.open_or_init()?;
         let branch = &self.source.branch;
         let tracking = format!("refs/remotes/origin/{branch}");
@@ -90,7 +100,10 @@ impl Mirror {
             .connect(Direction::Fetch)
             .map_err(|e| self.fetch_error(e))?;
         let credentials = self.source.credentials.clone();
-        let connection = connection.with_credentials(move |action| credentials.answer(action));
+        let mut connection = connection.with_credentials(move |action| credentials.answer(action));
+        if let Some(options) = self.source.http_options(&repo, request_timeout)? {
+            connection = connection.with_transport_options(options);
+        }
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| self.fetch_error(e))?

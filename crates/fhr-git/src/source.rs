@@ -4,6 +4,7 @@ use crate::GitError;
 use gix::bstr::ByteSlice;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How to authenticate to the git host.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,26 @@ pub enum Auth {
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     auth: Arc<Auth>,
+    /// Scheme, host and port of the configured URL: the only place credentials are sent to.
+    origin: Option<Origin>,
+}
+
+/// Where a URL points, as far as sending credentials is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    fn of(url: &gix::url::Url) -> Option<Origin> {
+        Some(Origin {
+            scheme: url.scheme.as_str().to_owned(),
+            host: url.host()?.to_ascii_lowercase(),
+            port: url.port_or_default(),
+        })
+    }
 }
 
 impl Credentials {
@@ -43,6 +64,15 @@ impl Credentials {
             // Store and Erase: nothing is cached, so nothing to do.
             return Ok(None);
         };
+        // Credentials go only to the configured origin: never to wherever a redirect points.
+        let asked_for = context
+            .url
+            .as_ref()
+            .and_then(|url| gix::url::parse(url.as_bstr()).ok())
+            .and_then(|url| Origin::of(&url));
+        if asked_for.is_none() || asked_for != self.origin {
+            return Ok(None);
+        }
         let Auth::Basic {
             username_file,
             password_file,
@@ -131,7 +161,10 @@ impl Source {
         Ok(Source {
             url: url.to_owned(),
             branch: branch.to_owned(),
-            credentials: Credentials { auth: auth.clone() },
+            credentials: Credentials {
+                auth: auth.clone(),
+                origin: Origin::of(&parsed),
+            },
             auth,
         })
     }
@@ -156,6 +189,36 @@ impl Source {
             ));
         }
         overrides
+    }
+
+    /// HTTP transport settings: every request abandoned after `timeout` (a server that never ends
+    /// or trickles its response cannot hold a fetch), and no redirects followed when credentials
+    /// are configured, so they can never be replayed to another host. `None` for non-HTTP URLs.
+    pub(crate) fn http_options(
+        &self,
+        repo: &gix::Repository,
+        timeout: Duration,
+    ) -> Result<Option<Box<dyn std::any::Any>>, GitError> {
+        use gix::protocol::transport::client::blocking_io::http;
+        let Some(mut options) = repo
+            .transport_options(self.url.as_str(), None)
+            .map_err(|e| GitError::InvalidUrl(self.redact(&e.to_string())))?
+        else {
+            return Ok(None);
+        };
+        let Some(http_options) = options.downcast_mut::<http::Options>() else {
+            return Ok(Some(options));
+        };
+        if !matches!(self.auth.as_ref(), Auth::None) {
+            http_options.follow_redirects = http::options::FollowRedirects::None;
+        }
+        http_options.connect_timeout = Some(timeout.min(Duration::from_secs(20)));
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| Ok(builder.timeout(timeout)))),
+            configure_request: None,
+        };
+        http_options.backend = Some(Arc::new(std::sync::Mutex::new(backend)));
+        Ok(Some(options))
     }
 
     /// Removes anything secret from a message before it is logged or reported.
@@ -202,6 +265,45 @@ mod tests {
         assert!(Source::new("http://127.0.0.1/r.git", "main", auth.clone(), false).is_err());
         assert!(Source::new("http://127.0.0.1/r.git", "main", auth, true).is_ok());
         assert!(Source::new("http://127.0.0.1/r.git", "main", Auth::None, false).is_ok());
+    }
+
+    #[test]
+    fn credentials_are_given_only_to_the_configured_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "hunter2\n").unwrap();
+        let auth = Auth::Basic {
+            username_file: None,
+            password_file,
+        };
+        let source = Source::new("https://git.example.com/r.git", "main", auth, false).unwrap();
+        let ask = |url: &str| {
+            let context = gix::credentials::protocol::Context {
+                url: Some(url.into()),
+                ..Default::default()
+            };
+            source
+                .credentials
+                .answer(gix::credentials::helper::Action::Get(context))
+                .unwrap()
+                .map(|outcome| outcome.identity.password)
+        };
+        assert_eq!(
+            ask("https://git.example.com/r.git/info/refs"),
+            Some("hunter2".into())
+        );
+        assert_eq!(
+            ask("https://GIT.example.com/other.git"),
+            Some("hunter2".into())
+        );
+        for elsewhere in [
+            "https://evil.example.com/r.git",
+            "https://git.example.com:8443/r.git",
+            "http://git.example.com/r.git",
+            "not a url",
+        ] {
+            assert_eq!(ask(elsewhere), None, "{elsewhere}");
+        }
     }
 
     #[test]

@@ -170,6 +170,7 @@ async fn files_over_the_size_limit_are_refused() {
 async fn basic_auth_credentials_come_from_files_and_wrong_ones_fail_without_leaking() {
     let server = GitServer::start(GitServerOptions {
         basic_auth: Some(("deploy".into(), "s3cret-canary".into())),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -221,4 +222,26 @@ async fn a_missing_branch_and_an_unavailable_server_are_errors() {
         fetch(&mirror).await.is_ok(),
         "recovers when the server returns"
     );
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_or_trickles_cannot_hold_the_mirror_past_the_deadline() {
+    use fhr_testenv::GitServerBehaviour;
+    let (server, repo, _dir, mirror) = served_repo().await;
+    let deadline = Duration::from_secs(2);
+    for behaviour in [GitServerBehaviour::Hang, GitServerBehaviour::Trickle] {
+        server.set_behaviour(behaviour.clone());
+        let err = fhr_git::fetch(mirror.clone(), deadline).await.unwrap_err();
+        assert!(
+            matches!(err, GitError::Timeout(_) | GitError::Fetch(_)),
+            "{behaviour:?}: {err}"
+        );
+        // The stalled request ends by its own deadline and releases the mirror: the next fetch
+        // (to a healthy server) gets the lock and succeeds within the same deadline.
+        server.set_behaviour(GitServerBehaviour::Normal);
+        let snapshot = fhr_git::fetch(mirror.clone(), deadline * 3)
+            .await
+            .unwrap_or_else(|e| panic!("after {behaviour:?}: {e}"));
+        assert_eq!(snapshot.commit(), repo.head().unwrap());
+    }
 }

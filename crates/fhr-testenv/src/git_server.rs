@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Largest request body the server reads (a fetch negotiation is a few KiB).
@@ -22,13 +24,31 @@ const MAX_REQUEST_BODY: usize = 16 << 20;
 pub struct GitServerOptions {
     /// Require this user and password (HTTP basic auth) on every request.
     pub basic_auth: Option<(String, String)>,
+    /// Listen on this loopback address instead of 127.0.0.1 (another "host" for redirect tests).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// How the server answers, switchable while it runs to play a misbehaving git host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Serve git.
+    Normal,
+    /// 503 to every request, as a host that is down.
+    Unavailable,
+    /// 200 and headers, then a body that never ends and never sends a byte.
+    Hang,
+    /// 200 and headers, then one byte a second, forever.
+    Trickle,
+    /// 302 to the same path under this base URL (e.g. another server's `url("repo")` minus the path).
+    RedirectTo(String),
 }
 
 struct Shared {
     root: PathBuf,
     basic_auth: Option<(String, String)>,
     requests: AtomicU64,
-    available: AtomicBool,
+    requests_with_credentials: AtomicU64,
+    behaviour: Mutex<Behaviour>,
 }
 
 /// A running git server; stops when dropped.
@@ -49,9 +69,11 @@ impl GitServer {
             root,
             basic_auth: options.basic_auth,
             requests: AtomicU64::new(0),
-            available: AtomicBool::new(true),
+            requests_with_credentials: AtomicU64::new(0),
+            behaviour: Mutex::new(Behaviour::Normal),
         });
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let address = options.address.unwrap_or(Ipv4Addr::LOCALHOST);
+        let listener = tokio::net::TcpListener::bind((address, 0)).await?;
         let addr = listener.local_addr()?;
         let app = axum::Router::new()
             .fallback(serve)
@@ -87,9 +109,29 @@ impl GitServer {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
+    /// How many requests carried an Authorization header.
+    pub fn requests_with_credentials(&self) -> u64 {
+        self.shared
+            .requests_with_credentials
+            .load(Ordering::Relaxed)
+    }
+
     /// While false, every request gets 503, as from a git host that is down.
     pub fn set_available(&self, available: bool) {
-        self.shared.available.store(available, Ordering::Relaxed);
+        self.set_behaviour(if available {
+            Behaviour::Normal
+        } else {
+            Behaviour::Unavailable
+        });
+    }
+
+    /// Changes how the server answers from the next request on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self
+            .shared
+            .behaviour
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = behaviour;
     }
 
     /// Creates an empty repository on the server, with a working copy to commit from, on `branch`.
@@ -168,6 +210,22 @@ impl TestRepo {
         self.head()
     }
 
+    /// Runs git in the working copy, for trees no working copy can hold (entries named `..` or
+    /// `.git`, gitlinks); returns trimmed stdout.
+    pub fn git(&self, args: &[&str]) -> std::io::Result<String> {
+        git(&self.work, args)
+    }
+
+    /// Runs git in the working copy with `input` on stdin; returns trimmed stdout.
+    pub fn git_with_input(&self, args: &[&str], input: &[u8]) -> std::io::Result<String> {
+        run_git(&self.work, args, Some(input))
+    }
+
+    /// Pushes the branch's tip (after commits made with plumbing).
+    pub fn push(&self) -> std::io::Result<()> {
+        git(&self.work, &["push", "--quiet", "origin", &self.branch]).map(|_| ())
+    }
+
     /// The commit id at the branch's tip.
     pub fn head(&self) -> std::io::Result<String> {
         git(&self.work, &["rev-parse", "HEAD"])
@@ -195,7 +253,14 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Runs git with a fixed identity and no user or system configuration; returns trimmed stdout.
 fn git(dir: &Path, args: &[&str]) -> std::io::Result<String> {
-    let output = Command::new("git")
+    run_git(dir, args, None)
+}
+
+/// Runs git with a fixed identity and no user or system configuration, `input` on stdin;
+/// returns trimmed stdout.
+fn run_git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new("git")
         .current_dir(dir)
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -204,8 +269,18 @@ fn git(dir: &Path, args: &[&str]) -> std::io::Result<String> {
         .env("GIT_AUTHOR_EMAIL", "test@flux-helm.invalid")
         .env("GIT_COMMITTER_NAME", "flux-helm test")
         .env("GIT_COMMITTER_EMAIL", "test@flux-helm.invalid")
-        .stdin(Stdio::null())
-        .output()?;
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input)?;
+    }
+    let output = child.wait_with_output()?;
     if !output.status.success() {
         return Err(std::io::Error::other(format!(
             "git {} in {}: {}",
@@ -232,8 +307,44 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
 
 async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    if !shared.available.load(Ordering::Relaxed) {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        shared
+            .requests_with_credentials
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let behaviour = shared
+        .behaviour
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match behaviour {
+        Behaviour::Normal => {}
+        Behaviour::Unavailable => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Behaviour::Hang => {
+            let body = Body::from_stream(never_ending_body());
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, ADVERTISEMENT)],
+                body,
+            )
+                .into_response();
+        }
+        Behaviour::Trickle => {
+            let bytes = trickling_body();
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, ADVERTISEMENT)],
+                Body::from_stream(bytes),
+            )
+                .into_response();
+        }
+        Behaviour::RedirectTo(base) => {
+            let target = format!(
+                "{base}{}",
+                request.uri().path_and_query().map_or("", |p| p.as_str())
+            );
+            return (StatusCode::FOUND, [(header::LOCATION, target)]).into_response();
+        }
     }
     if !authorized(&shared, request.headers()) {
         return (
@@ -246,6 +357,22 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         Ok(response) => response,
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The content type of a ref advertisement, so a client reads on into the body.
+const ADVERTISEMENT: &str = "application/x-git-upload-pack-advertisement";
+
+/// A body that never yields.
+fn never_ending_body() -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures::stream::pending()
+}
+
+/// A body of one byte a second, forever (the start of a pkt-line that never completes).
+fn trickling_body() -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some((Ok(Bytes::from_static(b"0")), ()))
+    })
 }
 
 /// Runs one request through `git http-backend` as a CGI program.

@@ -55,6 +55,7 @@ async fn commits_are_served_over_smart_http() {
 async fn basic_auth_is_required_when_configured() {
     let server = GitServer::start(GitServerOptions {
         basic_auth: Some(("deploy".into(), "s3cret".into())),
+        ..Default::default()
     })
     .await
     .unwrap();

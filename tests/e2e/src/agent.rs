@@ -45,6 +45,7 @@ impl AgentEnv {
         let password = format!("canary-{}", unique_name("pw"));
         let git = GitServer::start(GitServerOptions {
             basic_auth: Some((GIT_USER.into(), password.clone())),
+            ..Default::default()
         })
         .await
         .unwrap();
