@@ -1,8 +1,8 @@
 //! One sync: read the manifests of a commit, apply the allowed ones with server-side apply under
 //! the agent's field manager, and prune what this agent applied before that left git.
 
-use crate::manifests::{self, Manifest, ManifestError};
 use fhr_git::{Limits, Snapshot};
+use fhr_manifests::{self as manifests, Manifest, ManifestError};
 use fhr_types::meta::{SOURCE_COMMIT_ANNOTATION, SOURCE_PATH_ANNOTATION, SYNC_SET_LABEL};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
