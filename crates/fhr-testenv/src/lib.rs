@@ -9,6 +9,7 @@
 
 pub mod control_plane;
 pub mod git_server;
+pub mod http;
 pub mod pki;
 pub mod process;
 pub mod ssh_server;
@@ -16,9 +17,10 @@ pub mod tools;
 pub mod workdir;
 
 pub use control_plane::{
-    ControlPlane, StartError, client_from_kubeconfig, create_namespace, free_port, free_ports,
+    ControlPlane, Options as ControlPlaneOptions, StartError, client_from_kubeconfig,
+    create_namespace, free_port, free_ports,
 };
-pub use git_server::{GitServer, GitServerOptions, TestRepo};
+pub use git_server::{Behaviour as GitServerBehaviour, GitServer, GitServerOptions, TestRepo};
 pub use process::OwnedChild;
 pub use ssh_server::SshServer;
 pub use tools::Tools;

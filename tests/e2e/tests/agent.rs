@@ -2,7 +2,8 @@
 //! auth): apply, change, prune, broken YAML, allow-list, git outages, sync triggers, bombs.
 
 use e2e::agent::{AgentEnv, SYNC_TIMEOUT};
-use e2e::{eventually, http_request, unique_name};
+use e2e::{eventually, unique_name};
+use fhr_testenv::http::{hmac_sha256_hex, request as http_request};
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::{SOURCE_COMMIT_ANNOTATION, SYNC_SET_LABEL};
 use k8s_openapi::api::core::v1::Event;
@@ -423,23 +424,6 @@ async fn sync_requests_and_signed_webhooks_trigger_a_sync_and_bad_signatures_do_
         "the bad signatures synced nothing"
     );
     assert_eq!(names(&api).await, ["a", "unsigned"]);
-}
-
-fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
-    // HMAC (RFC 2104) over SHA-256, written out so the test does not share the agent's code.
-    use sha2::{Digest, Sha256};
-    let mut block = [0u8; 64];
-    block[..key.len()].copy_from_slice(key);
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(body)
-        .finalize();
-    let outer = Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize();
-    outer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
