@@ -45,14 +45,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     );
 
     step("installing the FluxHelmRelease CRD");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = fhr_types::crd();
-    crds.patch(
-        crd.metadata.name.as_deref().expect("named"),
-        &PatchParams::apply("flux-helm-demo").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
+    install_crd(&client).await?;
 
     let examples = crate::root().join("examples");
     let expected = expected_releases(&examples)?;
@@ -73,7 +66,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     eprintln!("    {} at {}", git.url("flux-helm-examples"), &commit[..12]);
 
     step("starting flux-agent and helm-operator");
-    let binaries = target_dir();
+    let binaries = target_dir("debug");
     let logs = cp.dir().join("logs");
     std::fs::create_dir_all(&logs)?;
     let url = git.url("flux-helm-examples");
@@ -166,15 +159,29 @@ async fn demo(once: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where cargo puts the debug binaries.
-pub fn target_dir() -> PathBuf {
+/// Applies the FluxHelmRelease CRD (the daemons wait until it is Established).
+pub async fn install_crd(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = fhr_types::crd();
+    crds.patch(
+        crd.metadata.name.as_deref().expect("named"),
+        &PatchParams::apply("flux-helm-xtask").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where cargo puts the binaries of a profile (`debug` or `release`).
+pub fn target_dir(profile: &str) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"))
-        .join("debug")
+        .join(profile)
 }
 
-fn spawn_daemon(
+/// Starts one of the daemons against the control plane, its output in `<logs>/<name>.log`.
+pub fn spawn_daemon(
     bin: &Path,
     name: &str,
     cp: &ControlPlane,

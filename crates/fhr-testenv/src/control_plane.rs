@@ -48,6 +48,16 @@ pub enum StartError {
     Client(String),
 }
 
+/// How a control plane is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Write an audit log (metadata level: who asked for what) to [`ControlPlane::audit_log`].
+    pub audit_log: bool,
+}
+
+/// The audit log's file name in the control plane's folder.
+const AUDIT_LOG: &str = "audit.log";
+
 /// A running etcd + kube-apiserver, stopped (and its files removed) when dropped.
 pub struct ControlPlane {
     // Field order is drop order: the apiserver stops before etcd, and files go last.
@@ -71,10 +81,15 @@ impl std::fmt::Debug for ControlPlane {
 impl ControlPlane {
     /// Starts a control plane and waits until the apiserver reports ready.
     pub async fn start() -> Result<ControlPlane, StartError> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts a control plane with the given options.
+    pub async fn start_with(options: Options) -> Result<ControlPlane, StartError> {
         let tools = Tools::locate()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(tools.clone()).await {
+            match Self::start_once(tools.clone(), &options).await {
                 Ok(cp) => return Ok(cp),
                 Err(e @ StartError::NotReady { .. })
                     if e.to_string().contains("address already in use") =>
@@ -87,7 +102,7 @@ impl ControlPlane {
         Err(last_error.expect("at least one attempt"))
     }
 
-    async fn start_once(tools: Tools) -> Result<ControlPlane, StartError> {
+    async fn start_once(tools: Tools, options: &Options) -> Result<ControlPlane, StartError> {
         let dir = WorkDir::create("control-plane")?;
         let pki = Pki::generate()?;
         let write = |name: &str, contents: &str| -> std::io::Result<PathBuf> {
@@ -139,6 +154,18 @@ impl ControlPlane {
             "--profiling=false",
             "--v=0",
         ]);
+        if options.audit_log {
+            // Metadata of every request, one JSON line each, to tell clients apart by User-Agent.
+            let policy = write(
+                "audit-policy.yaml",
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+            )?;
+            apiserver_cmd.args([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", dir.path().join(AUDIT_LOG).display()),
+                "--audit-log-format=json".to_owned(),
+            ]);
+        }
         let mut apiserver = OwnedChild::spawn(
             "kube-apiserver",
             apiserver_cmd,
@@ -190,6 +217,11 @@ impl ControlPlane {
     /// The apiserver's log file.
     pub fn apiserver_log(&self) -> &Path {
         self.apiserver.log_path()
+    }
+
+    /// The apiserver's audit log (written only when started with [`Options::audit_log`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join(AUDIT_LOG)
     }
 
     /// The etcd process id (tests use it to check the process is gone).
