@@ -5,10 +5,14 @@
 //! - `tools`: build and cache kube-apiserver, etcd and helm from the pinned Go modules.
 //! - `demo [--once]`: the whole system on a local control plane and the example repository.
 //! - `test`: every check and test, as CI runs it.
+//! - `fuzz [--seconds N] [TARGET…]`: the cargo-fuzz targets, each for N seconds.
+//! - `bench`: convergence, change latency and steady-state cost against a plain helm loop.
 
+mod bench;
 mod crd;
 mod demo;
 mod docs;
+mod fuzz;
 mod test;
 mod tools;
 
@@ -49,6 +53,16 @@ enum Task {
         #[arg(long)]
         force: bool,
     },
+    /// Run the cargo-fuzz targets under fuzz/ (nightly; not part of `test`).
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
+    /// Measure convergence, change latency and steady-state cost against a plain helm loop.
+    Bench(bench::Args),
     /// Run every check and test: formatting, lints, CRD drift, unit and end-to-end tests.
     Test {
         /// Arguments passed on to `cargo test` (e.g. `-- --nocapture`).
@@ -65,6 +79,8 @@ fn main() -> anyhow::Result<()> {
         Task::Docs { check } => docs::run(check),
         Task::Tools { force } => tools::run(force),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::Bench(args) => bench::run(&args),
+        Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
     }
 }
 
@@ -89,17 +105,22 @@ fn run_step(name: &str, command: &mut std::process::Command) -> anyhow::Result<(
 
 /// Builds the two daemons (debug), as the demo and the flags documentation run them.
 fn build_daemons() -> anyhow::Result<()> {
+    build_daemons_with(&[])
+}
+
+/// Builds the two daemons with extra `cargo build` arguments (e.g. `--release`).
+fn build_daemons_with(extra: &[&str]) -> anyhow::Result<()> {
     run_step(
         "build flux-agent and helm-operator",
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(
-            [
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
                 "build",
                 "--quiet",
                 "-p",
                 "flux-agent",
                 "-p",
                 "helm-operator",
-            ],
-        ),
+            ])
+            .args(extra),
     )
 }

@@ -20,6 +20,13 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]),
     )?;
+    // Advisories need the RustSec database from the internet; see docs/security.md.
+    crate::run_step(
+        "cargo deny check licenses bans sources",
+        crate::tools::CARGO_DENY
+            .command(None)?
+            .args(["check", "licenses", "bans", "sources"]),
+    )?;
     eprintln!("==> cargo xtask crd --check");
     crate::crd::run(true)?;
     eprintln!("==> cargo xtask docs --check");

@@ -128,3 +128,79 @@ fn ensure_sshd() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A cargo subcommand the project's commands use, pinned and installed from crates.io into the
+/// tool cache (never into the user's ~/.cargo), so CI and a fresh machine get the same one.
+pub struct CargoTool {
+    /// The crate (and binary) name.
+    pub name: &'static str,
+    /// The pinned version.
+    pub version: &'static str,
+}
+
+/// `cargo deny`: licence, ban and source checks in the test command.
+pub const CARGO_DENY: CargoTool = CargoTool {
+    name: "cargo-deny",
+    version: "0.20.2",
+};
+
+/// `cargo fuzz`: the fuzz targets under fuzz/.
+pub const CARGO_FUZZ: CargoTool = CargoTool {
+    name: "cargo-fuzz",
+    version: "0.13.2",
+};
+
+impl CargoTool {
+    /// The folder holding the binary (put it first on PATH to run it as `cargo <sub>`),
+    /// installing it first when missing.
+    pub fn ensure(&self) -> anyhow::Result<std::path::PathBuf> {
+        let root = fhr_testenv::tools::cache_root()
+            .join("tools")
+            .join(format!("{}-{}", self.name, self.version));
+        let bin = root.join("bin");
+        if bin.join(self.name).is_file() {
+            return Ok(bin);
+        }
+        eprintln!(
+            "installing {} {} from crates.io into {} (once; a few minutes)",
+            self.name,
+            self.version,
+            root.display()
+        );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["install", "--locked", "--quiet", "--version", self.version])
+            .arg("--root")
+            .arg(&root)
+            .arg(self.name)
+            // Its own target folder: never the workspace's, whose lock it would wait on.
+            .env("CARGO_TARGET_DIR", root.join("build"))
+            .status()
+            .with_context(|| format!("run cargo install {}", self.name))?;
+        let _ = std::fs::remove_dir_all(root.join("build"));
+        if !status.success() {
+            bail!("installing {} failed ({status})", self.name);
+        }
+        Ok(bin)
+    }
+
+    /// A `cargo <subcommand>` command that finds this tool.
+    pub fn command(&self, toolchain: Option<&str>) -> anyhow::Result<Command> {
+        let bin = self.ensure()?;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin];
+        paths.extend(std::env::split_paths(&path));
+        // The rustup proxy, so that `+nightly` works; CARGO points at one toolchain's cargo.
+        let mut command = Command::new("cargo");
+        command.env("PATH", std::env::join_paths(paths)?);
+        command
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN");
+        if let Some(toolchain) = toolchain {
+            command.arg(format!("+{toolchain}"));
+        }
+        command.arg(self.name.trim_start_matches("cargo-"));
+        Ok(command)
+    }
+}
