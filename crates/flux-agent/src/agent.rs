@@ -3,7 +3,7 @@
 
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::sync::Syncer;
+use crate::sync::{Reapply, Syncer};
 use fhr_git::Mirror;
 use fhr_runtime::{CancellationToken, Health};
 use std::sync::Arc;
@@ -58,8 +58,15 @@ impl Agent {
                         } else {
                             "sync interval"
                         };
+                        // A new commit applies what it changed; the interval, a request without a
+                        // new commit, and a retry apply everything.
+                        let scope = if changed && !due && failures == 0 && last_sync.is_some() {
+                            Reapply::Changed
+                        } else {
+                            Reapply::Everything
+                        };
                         let sync_started = Instant::now();
-                        match self.syncer.sync(&snapshot).await {
+                        match self.syncer.sync(&snapshot, scope).await {
                             Ok(report) => {
                                 self.metrics.sync(&report, sync_started);
                                 for problem in &report.manifest_errors {
@@ -71,7 +78,7 @@ impl Agent {
                                 for problem in &report.apply_errors {
                                     warn!(error = %problem, "not applied");
                                 }
-                                info!(%commit, why, applied = report.applied, pruned = report.pruned,
+                                info!(%commit, why, applied = report.applied, unchanged = report.unchanged, pruned = report.pruned,
                                     prune_skipped = ?report.prune_skipped, "synced");
                                 if let Err(e) = self.state.record(&report).await {
                                     warn!(error = %e, "cannot record the sync in the state object");

@@ -49,6 +49,7 @@ impl State {
             "data": {
                 "commit": report.commit,
                 "applied": report.applied.to_string(),
+                "unchanged": report.unchanged.to_string(),
                 "pruned": report.pruned.to_string(),
                 "errors": listed(&errors),
                 "refusedKinds": listed(&report.refused_kinds),

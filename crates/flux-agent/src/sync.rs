@@ -58,6 +58,8 @@ pub struct Report {
     pub commit: String,
     /// Objects applied (created, changed or confirmed).
     pub applied: usize,
+    /// Objects left alone in an incremental sync: unchanged in git since they were applied.
+    pub unchanged: usize,
     /// Objects deleted because they left git.
     pub pruned: usize,
     /// Files or documents that could not be read.
@@ -75,6 +77,16 @@ impl Report {
     pub fn clean(&self) -> bool {
         self.manifest_errors.is_empty() && self.apply_errors.is_empty()
     }
+}
+
+/// How much of git a sync applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reapply {
+    /// Every manifest: undoes hand edits (the first sync, the sync interval, a request).
+    Everything,
+    /// Only manifests that changed in git since their object was applied (a new commit): the
+    /// cost of a commit follows what it changed, not the size of the repository.
+    Changed,
 }
 
 /// The agent's sync settings and its cache of API discovery.
@@ -148,7 +160,7 @@ impl Syncer {
     }
 
     /// Syncs one commit.
-    pub async fn sync(&self, snapshot: &Snapshot) -> Result<Report, kube::Error> {
+    pub async fn sync(&self, snapshot: &Snapshot, scope: Reapply) -> Result<Report, kube::Error> {
         let mut report = Report {
             commit: snapshot.commit(),
             ..Report::default()
@@ -213,6 +225,10 @@ impl Syncer {
                 ..resource
             };
             let previous = existing.remove(&key);
+            if scope == Reapply::Changed && unchanged_since_applied(&manifest, previous.as_ref()) {
+                report.unchanged += 1;
+                continue;
+            }
             match self
                 .apply(
                     &manifest,
@@ -400,6 +416,16 @@ impl Syncer {
         .await?;
         Ok(())
     }
+}
+
+/// Whether the live object was applied from exactly this manifest (its digest annotation).
+fn unchanged_since_applied(
+    manifest: &Manifest,
+    live: Option<&(ApiResource, DynamicObject)>,
+) -> bool {
+    live.and_then(|(_, object)| object.metadata.annotations.as_ref())
+        .and_then(|a| a.get(SOURCE_DIGEST_ANNOTATION))
+        .is_some_and(|d| *d == digest(&manifest.object))
 }
 
 fn split_api_version(api_version: &str) -> (&str, &str) {
