@@ -70,7 +70,7 @@ impl AgentEnv {
 
     /// The agent's command line for this environment; a flag in `extra` replaces the default.
     pub fn agent_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
+        let args = vec![
             format!("--git-url={}", self.git.url("config")),
             format!(
                 "--git-username-file={}",
@@ -90,10 +90,32 @@ impl AgentEnv {
                 self.dir.path().join("agent-state").display()
             ),
         ];
-        let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
-        args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        crate::with_flags(args, extra)
+    }
+
+    /// A helm-operator command line for this environment: its repository with its credentials,
+    /// its namespace; a flag in `extra` replaces the default.
+    pub fn operator_args(&self, helm: &std::path::Path, extra: &[&str]) -> Vec<String> {
+        let args = vec![
+            format!("--git-url={}", self.git.url("config")),
+            format!(
+                "--git-username-file={}",
+                self.dir.path().join("git-user").display()
+            ),
+            format!(
+                "--git-password-file={}",
+                self.dir.path().join("git-password").display()
+            ),
+            "--git-allow-insecure-http".into(),
+            "--git-poll-interval=1s".into(),
+            format!("--namespace={}", self.namespace),
+            format!("--helm-bin={}", helm.display()),
+            format!(
+                "--state-dir={}",
+                self.dir.path().join("operator-state").display()
+            ),
+        ];
+        crate::with_flags(args, extra)
     }
 
     /// The agent's command line for fetching this environment's repository over SSH from

@@ -158,6 +158,14 @@ pub fn daemon_binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A daemon's default flags with `extra` added; a flag given in `extra` replaces its default.
+pub fn with_flags(mut defaults: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+    defaults.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
+    defaults.extend(extra.iter().map(|s| s.to_string()));
+    defaults
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     fhr_testenv::free_port().expect("a free loopback port")

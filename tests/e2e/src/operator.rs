@@ -57,7 +57,7 @@ impl OperatorEnv {
 
     /// The operator's command line for this environment, plus `extra`.
     pub fn operator_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
+        let args = vec![
             format!("--git-url={}", self.git.url("config")),
             "--git-poll-interval=1s".into(),
             "--charts-sync-interval=30s".into(),
@@ -69,11 +69,7 @@ impl OperatorEnv {
             ),
             "--helm-timeout=60s".into(),
         ];
-        // A flag given in `extra` replaces the default one.
-        let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
-        args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        crate::with_flags(args, extra)
     }
 
     /// Starts the operator (with admin credentials) and waits until it is ready.

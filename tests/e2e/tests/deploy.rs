@@ -104,27 +104,9 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
     let agent_args = env.agent_args(&["--state-namespace=flux-helm"]);
     let agent = Daemon::start("flux-agent", &agent_kubeconfig, env.dir.path(), &agent_args);
     agent.wait_ready().await;
-    let operator_args = vec![
-        format!("--git-url={}", env.git.url("config")),
-        format!(
-            "--git-username-file={}",
-            env.dir.path().join("git-user").display()
-        ),
-        format!(
-            "--git-password-file={}",
-            env.dir.path().join("git-password").display()
-        ),
-        "--git-allow-insecure-http".into(),
-        "--git-poll-interval=1s".into(),
-        format!("--namespace={}", env.namespace),
-        // Its Role grants Leases in its own namespace only.
-        "--leader-election-namespace=flux-helm".into(),
-        format!("--helm-bin={}", cp.tools().helm.display()),
-        format!(
-            "--state-dir={}",
-            env.dir.path().join("operator-state").display()
-        ),
-    ];
+    // Its Role grants Leases in its own namespace only.
+    let operator_args =
+        env.operator_args(&cp.tools().helm, &["--leader-election-namespace=flux-helm"]);
     let operator = Daemon::start(
         "helm-operator",
         &operator_kubeconfig,

@@ -857,28 +857,14 @@ async fn canaries_in_git_credentials_secret_values_and_chart_secrets_never_appea
     .unwrap();
     env.start_agent(&["--git-timeout=2s"]).await;
     env.wait_synced(&commit).await;
-    let operator_args: Vec<String> = vec![
-        format!("--git-url={}", env.git.url("config")),
-        format!(
-            "--git-username-file={}",
-            env.dir.path().join("git-user").display()
-        ),
-        format!(
-            "--git-password-file={}",
-            env.dir.path().join("git-password").display()
-        ),
-        "--git-allow-insecure-http".into(),
-        "--git-poll-interval=1s".into(),
-        "--git-timeout=2s".into(),
-        "--charts-sync-interval=5s".into(),
-        format!("--namespace={}", env.namespace),
-        format!("--helm-bin={}", wrapper.display()),
-        format!(
-            "--state-dir={}",
-            env.dir.path().join("operator-state").display()
-        ),
-        "--helm-timeout=60s".into(),
-    ];
+    let operator_args = env.operator_args(
+        &wrapper,
+        &[
+            "--git-timeout=2s",
+            "--charts-sync-interval=5s",
+            "--helm-timeout=60s",
+        ],
+    );
     let operator = Daemon::start(
         "helm-operator",
         env.cp.kubeconfig(),
