@@ -68,9 +68,9 @@ impl AgentEnv {
         }
     }
 
-    /// The agent's command line for this environment; a flag in `extra` replaces the default.
-    pub fn agent_args(&self, extra: &[&str]) -> Vec<String> {
-        let args = vec![
+    /// The git flags both daemons need for this environment's repository and its credentials.
+    fn git_args(&self) -> Vec<String> {
+        vec![
             format!("--git-url={}", self.git.url("config")),
             format!(
                 "--git-username-file={}",
@@ -82,6 +82,13 @@ impl AgentEnv {
             ),
             "--git-allow-insecure-http".into(),
             "--git-poll-interval=1s".into(),
+        ]
+    }
+
+    /// The agent's command line for this environment; a flag in `extra` replaces the default.
+    pub fn agent_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = self.git_args();
+        args.extend([
             "--sync-interval=5m".into(),
             format!("--sync-set={}", self.sync_set),
             format!("--state-namespace={}", self.namespace),
@@ -89,32 +96,22 @@ impl AgentEnv {
                 "--state-dir={}",
                 self.dir.path().join("agent-state").display()
             ),
-        ];
+        ]);
         crate::with_flags(args, extra)
     }
 
     /// A helm-operator command line for this environment: its repository with its credentials,
     /// its namespace; a flag in `extra` replaces the default.
     pub fn operator_args(&self, helm: &std::path::Path, extra: &[&str]) -> Vec<String> {
-        let args = vec![
-            format!("--git-url={}", self.git.url("config")),
-            format!(
-                "--git-username-file={}",
-                self.dir.path().join("git-user").display()
-            ),
-            format!(
-                "--git-password-file={}",
-                self.dir.path().join("git-password").display()
-            ),
-            "--git-allow-insecure-http".into(),
-            "--git-poll-interval=1s".into(),
+        let mut args = self.git_args();
+        args.extend([
             format!("--namespace={}", self.namespace),
             format!("--helm-bin={}", helm.display()),
             format!(
                 "--state-dir={}",
                 self.dir.path().join("operator-state").display()
             ),
-        ];
+        ]);
         crate::with_flags(args, extra)
     }
 
