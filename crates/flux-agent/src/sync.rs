@@ -225,7 +225,12 @@ impl Syncer {
                 ..resource
             };
             let previous = existing.remove(&key);
-            if scope == Reapply::Changed && unchanged_since_applied(&manifest, previous.as_ref()) {
+            let digest = digest(&manifest.object);
+            let applied_digest = previous
+                .as_ref()
+                .and_then(|(_, o)| o.metadata.annotations.as_ref())
+                .and_then(|a| a.get(SOURCE_DIGEST_ANNOTATION));
+            if scope == Reapply::Changed && applied_digest == Some(&digest) {
                 report.unchanged += 1;
                 continue;
             }
@@ -235,6 +240,7 @@ impl Syncer {
                     &resource,
                     namespace.as_deref(),
                     previous.as_ref(),
+                    digest,
                     &report.commit,
                 )
                 .await
@@ -371,9 +377,9 @@ impl Syncer {
         resource: &ApiResource,
         namespace: Option<&str>,
         previous: Option<&(ApiResource, DynamicObject)>,
+        digest: String,
         commit: &str,
     ) -> Result<(), kube::Error> {
-        let digest = digest(&manifest.object);
         let previous_annotations = previous.and_then(|(_, o)| o.metadata.annotations.as_ref());
         // An unchanged manifest keeps the commit it last changed in; so its apply is a no-op.
         let source_commit = match previous_annotations {
@@ -416,16 +422,6 @@ impl Syncer {
         .await?;
         Ok(())
     }
-}
-
-/// Whether the live object was applied from exactly this manifest (its digest annotation).
-fn unchanged_since_applied(
-    manifest: &Manifest,
-    live: Option<&(ApiResource, DynamicObject)>,
-) -> bool {
-    live.and_then(|(_, object)| object.metadata.annotations.as_ref())
-        .and_then(|a| a.get(SOURCE_DIGEST_ANNOTATION))
-        .is_some_and(|d| *d == digest(&manifest.object))
 }
 
 fn split_api_version(api_version: &str) -> (&str, &str) {
