@@ -12,6 +12,7 @@ pub mod git_server;
 pub mod http;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod ssh_server;
 pub mod tools;
 pub mod workdir;

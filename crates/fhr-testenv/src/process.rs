@@ -167,3 +167,16 @@ pub fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
+
+/// The first number after `key` (`VmHWM:`, `Threads:`, …) in /proc/<pid>/status; memory
+/// figures are in KiB. `None` when the process is gone or has no such line.
+pub fn status_value(pid: u32, key: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -166,6 +166,21 @@ pub fn with_flags(mut defaults: Vec<String>, extra: &[&str]) -> Vec<String> {
     defaults
 }
 
+/// A YAML file of nine levels of nine-fold aliases: 9^9 strings once expanded.
+pub fn billion_laughs() -> String {
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (name, previous) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        let refs = vec![format!("*{previous}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    bomb
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     fhr_testenv::free_port().expect("a free loopback port")
@@ -210,17 +225,33 @@ impl Daemon {
         http_get(self.admin, path).await
     }
 
-    /// The sum of every sample of a metric (all label sets), or 0 when it has none yet. A scrape
-    /// that fails fails the test: read as 0, it would make "nothing happened" assertions vacuous.
-    pub async fn metric(&self, name: &str) -> f64 {
-        match self.get("/metrics").await {
-            Ok((200, body)) => metric_sum(&body, name),
-            other => panic!(
-                "scraping {} failed: {other:?}\n{}",
-                self.name,
-                self.log_tail()
-            ),
+    /// The sum of the samples of `series` (`name`, or `name{label="value"}`; see
+    /// [`fhr_testenv::prometheus::sum`]), 0 when it has none yet. A scrape that fails fails the
+    /// test: read as 0, it would make "nothing happened" assertions vacuous.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.try_metric(series)
+            .await
+            .unwrap_or_else(|e| panic!("scraping {} failed: {e}\n{}", self.name, self.log_tail()))
+    }
+
+    /// Like [`Daemon::metric`], with a failed scrape as an error (while the daemon starts).
+    pub async fn try_metric(&self, series: &str) -> Result<f64, String> {
+        match self.get("/metrics").await? {
+            (200, body) => Ok(fhr_testenv::prometheus::sum(&body, series)),
+            (code, _) => Err(format!("/metrics answered {code}")),
         }
+    }
+
+    /// The process's highest resident memory since it started, MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let kib = fhr_testenv::process::status_value(self.process.id(), "VmHWM:");
+        kib.unwrap_or_else(|| panic!("{} has no VmHWM", self.name)) as f64 / 1024.0
+    }
+
+    /// The process's threads now.
+    pub fn threads(&self) -> u64 {
+        fhr_testenv::process::status_value(self.process.id(), "Threads:")
+            .unwrap_or_else(|| panic!("{} has no Threads", self.name))
     }
 
     /// Waits until the sum of a metric reaches `at_least`; sample a start value before the change
@@ -270,20 +301,6 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
-}
-
-/// Sums the samples of `name` in Prometheus text (OpenMetrics adds `_total` to counters).
-pub fn metric_sum(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name)
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// A minimal HTTP/1.0 GET against a loopback address.

@@ -223,6 +223,16 @@ impl OperatorEnv {
     }
 }
 
+/// Whether the resource is Ready.
+pub fn ready(fhr: &FluxHelmRelease) -> bool {
+    fhr.condition("Ready").is_some_and(|c| c.status == "True")
+}
+
+/// Ready at Helm revision `revision`.
+pub fn ready_at(revision: i64) -> impl Fn(&FluxHelmRelease) -> bool {
+    move |f| f.status.as_ref().and_then(|s| s.revision) == Some(revision) && ready(f)
+}
+
 /// A resource's status condition message, or "".
 pub fn ready_message(fhr: &FluxHelmRelease) -> String {
     fhr.condition("Ready")

@@ -2,18 +2,10 @@
 //! reconcile requests, against a real control plane and the real helm.
 
 use e2e::eventually;
-use e2e::operator::{OperatorEnv, ready_message};
-use fhr_types::FluxHelmRelease;
+use e2e::operator::{OperatorEnv, ready_at, ready_message};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
-
-fn ready_at(revision: i64) -> impl Fn(&FluxHelmRelease) -> bool {
-    move |f| {
-        f.status.as_ref().and_then(|s| s.revision) == Some(revision)
-            && f.condition("Ready").is_some_and(|c| c.status == "True")
-    }
-}
 
 /// Waits until the operator has reconciled at least `count` more times than now.
 async fn reconciles(env: &OperatorEnv, count: f64) {
@@ -201,15 +193,10 @@ async fn a_failed_upgrade_without_rollback_stays_failed_and_is_retried_with_back
         history.contains(&(1, "deployed".to_owned())),
         "the last good revision stays deployed: {history:?}"
     );
-    let body = env.operator().get("/metrics").await.unwrap().1;
-    let failed = e2e::metric_sum(
-        &body
-            .lines()
-            .filter(|l| l.contains("result=\"failure\""))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        "fhr_operator_helm_actions_total",
-    );
+    let failed = env
+        .operator()
+        .metric("fhr_operator_helm_actions_total{result=\"failure\"}")
+        .await;
     assert!(failed >= 2.0, "failures are counted in metrics: {failed}");
 }
 

@@ -31,15 +31,8 @@ impl ProcessSample {
         // utime, stime, cutime, cstime are fields 14..=17 of stat, i.e. 11..=14 after the name.
         let ticks = |i: usize| -> f64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0) };
         let per_second = clock_ticks_per_second();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = |key: &str| -> f64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let kib =
+            |key: &str| -> f64 { fhr_testenv::process::status_value(pid, key).unwrap_or(0) as f64 };
         Ok(ProcessSample {
             cpu_seconds: (ticks(11) + ticks(12)) / per_second,
             children_cpu_seconds: (ticks(13) + ticks(14)) / per_second,

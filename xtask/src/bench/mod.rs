@@ -430,11 +430,7 @@ impl System {
                 .await
                 .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(code == 200, "operator /metrics answered {code}");
-        Ok(body
-            .lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum())
+        Ok(fhr_testenv::prometheus::sum(&body, name))
     }
 
     /// Helm processes the operator has started so far.
