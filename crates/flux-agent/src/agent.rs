@@ -1,15 +1,23 @@
-//! The agent's loop: fetch, and sync when the commit changed, the sync interval passed, or a sync
-//! was requested. The last applied state stays when git is unreachable.
+//! The agent's loop: fetch, and sync when the commit changed, the sync interval passed, a sync was
+//! requested, or objects the API server refused are due for another try. The last applied state
+//! stays when git is unreachable.
 
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::sync::{Reapply, Syncer};
+use crate::sync::{Reapply, Report, Syncer};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use fhr_git::Mirror;
 use fhr_runtime::{CancellationToken, Health};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
+
+/// First delay before applying refused objects again; it doubles up to [`MAX_APPLY_RETRY`].
+const MIN_APPLY_RETRY: Duration = Duration::from_secs(1);
+/// Longest delay between tries of refused objects: a namespace created by hand, or by a later
+/// commit, is picked up within this, not at the next full sync.
+const MAX_APPLY_RETRY: Duration = Duration::from_secs(30);
 
 /// What the loop works with.
 pub struct Agent {
@@ -33,64 +41,123 @@ pub struct Agent {
     pub health: Arc<Health>,
 }
 
+/// When the next sync is due, and how much it applies.
+struct Schedule {
+    /// The commit last synced.
+    last_commit: Option<String>,
+    /// When everything was last applied. Counted from the last *full* sync: commit syncs apply
+    /// only what changed, so they must not postpone the one that undoes hand edits.
+    last_full_sync: Option<Instant>,
+    /// A sync was requested (trigger or webhook).
+    requested: bool,
+    /// The last sync failed as a whole; the next applies everything.
+    sync_failed: bool,
+    /// Objects the API server refused, and when to try them again.
+    retry: Option<(Instant, ExponentialBackoff)>,
+}
+
+impl Schedule {
+    /// Whether to sync `commit` now, and with what scope.
+    fn due(&self, commit: &str, sync_interval: Duration) -> Option<(Reapply, &'static str)> {
+        let changed = self.last_commit.as_deref() != Some(commit);
+        let interval = self
+            .last_full_sync
+            .is_none_or(|t| t.elapsed() >= sync_interval);
+        let retry = self
+            .retry
+            .as_ref()
+            .is_some_and(|(at, _)| Instant::now() >= *at);
+        if interval || self.sync_failed || (self.requested && !changed) {
+            let why = if self.requested {
+                "requested"
+            } else {
+                "sync interval"
+            };
+            Some((Reapply::Everything, why))
+        } else if changed {
+            Some((Reapply::Changed, "new commit"))
+        } else if retry {
+            // What failed to apply has no up-to-date digest on the cluster, so an incremental
+            // sync tries exactly those objects again.
+            Some((Reapply::Changed, "retrying objects the API server refused"))
+        } else {
+            None
+        }
+    }
+
+    /// Records a finished sync.
+    fn synced(&mut self, commit: String, scope: Reapply, report: &Report) {
+        self.last_commit = Some(commit);
+        if scope == Reapply::Everything {
+            self.last_full_sync = Some(Instant::now());
+        }
+        self.requested = false;
+        self.sync_failed = false;
+        self.retry = if report.apply_errors.is_empty() {
+            None
+        } else {
+            let mut backoff = self.retry.take().map(|(_, b)| b).unwrap_or_else(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(MIN_APPLY_RETRY)
+                    .with_max_delay(MAX_APPLY_RETRY)
+                    .without_max_times()
+                    .build()
+            });
+            let delay = backoff.next().unwrap_or(MAX_APPLY_RETRY);
+            Some((Instant::now() + delay, backoff))
+        };
+    }
+
+    /// How long to wait before the next fetch.
+    fn delay(&self, poll_interval: Duration, fetch_failures: u32) -> Duration {
+        let delay = if fetch_failures == 0 {
+            poll_interval
+        } else {
+            Duration::from_secs(1 << fetch_failures.min(6)).min(poll_interval)
+        };
+        match &self.retry {
+            Some((at, _)) => delay.min(at.saturating_duration_since(Instant::now())),
+            None => delay,
+        }
+    }
+}
+
 impl Agent {
     /// Runs until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut last_commit: Option<String> = None;
-        let mut last_sync: Option<Instant> = None;
-        let mut failures: u32 = 0;
-        let mut requested = true;
+        let mut schedule = Schedule {
+            last_commit: None,
+            last_full_sync: None,
+            requested: true,
+            sync_failed: false,
+            retry: None,
+        };
+        let mut fetch_failures: u32 = 0;
         loop {
             let started = Instant::now();
             match fhr_git::fetch(self.mirror.clone(), self.fetch_timeout).await {
                 Ok(snapshot) => {
+                    fetch_failures = 0;
                     let commit = snapshot.commit();
-                    self.metrics
-                        .git
-                        .fetched(Some(&commit), last_commit.as_deref(), started);
-                    let due = last_sync.is_none_or(|t| t.elapsed() >= self.sync_interval);
-                    let changed = last_commit.as_deref() != Some(commit.as_str());
-                    if changed || due || requested || failures > 0 {
-                        let why = if changed {
-                            "new commit"
-                        } else if requested {
-                            "requested"
-                        } else {
-                            "sync interval"
-                        };
-                        // A new commit applies what it changed; the interval, a request without a
-                        // new commit, and a retry apply everything.
-                        let scope = if changed && !due && failures == 0 && last_sync.is_some() {
-                            Reapply::Changed
-                        } else {
-                            Reapply::Everything
-                        };
+                    self.metrics.git.fetched(
+                        Some(&commit),
+                        schedule.last_commit.as_deref(),
+                        started,
+                    );
+                    if let Some((scope, why)) = schedule.due(&commit, self.sync_interval) {
                         let sync_started = Instant::now();
                         match self.syncer.sync(&snapshot, scope).await {
                             Ok(report) => {
                                 self.metrics.sync(&report, sync_started);
-                                for problem in &report.manifest_errors {
-                                    warn!(file = %problem.file, line = ?problem.line, error = %problem.message, "manifest not usable");
-                                }
-                                for refused in &report.refused_kinds {
-                                    warn!(object = %refused, "kind not on the allow-list; not applied");
-                                }
-                                for problem in &report.apply_errors {
-                                    warn!(error = %problem, "not applied");
-                                }
-                                info!(%commit, why, applied = report.applied, unchanged = report.unchanged, pruned = report.pruned,
-                                    prune_skipped = ?report.prune_skipped, "synced");
+                                self.log(&report, why);
                                 if let Err(e) = self.state.record(&report).await {
                                     warn!(error = %e, "cannot record the sync in the state object");
                                 }
-                                last_commit = Some(commit);
-                                last_sync = Some(Instant::now());
-                                failures = 0;
-                                requested = false;
-                                self.health.set_ready();
+                                self.report_readiness(&report);
+                                schedule.synced(commit, scope, &report);
                             }
                             Err(e) => {
-                                failures += 1;
+                                schedule.sync_failed = true;
                                 self.metrics.sync_failed(sync_started);
                                 error!(error = %e, %commit, "sync failed; retrying");
                                 self.health.set_not_ready(format!("sync failed: {e}"));
@@ -99,27 +166,134 @@ impl Agent {
                     }
                 }
                 Err(e) => {
-                    failures += 1;
+                    fetch_failures += 1;
                     self.metrics.git.fetched(None, None, started);
                     self.metrics.not_synced();
-                    warn!(error = %e, failures, "git fetch failed; the last applied state stays");
+                    warn!(error = %e, failures = fetch_failures, "git fetch failed; the last applied state stays");
                     self.health
                         .set_not_ready(format!("not synced: git fetch failed: {e}"));
                 }
             }
-            let delay = if failures == 0 {
-                self.poll_interval
-            } else {
-                Duration::from_secs(1 << failures.min(6)).min(self.poll_interval)
-            };
+            let delay = schedule.delay(self.poll_interval, fetch_failures);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.trigger.notified() => {
                     info!("sync requested");
-                    requested = true;
+                    schedule.requested = true;
                 }
             }
         }
+    }
+
+    fn log(&self, report: &Report, why: &str) {
+        for problem in &report.manifest_errors {
+            warn!(file = %problem.file, line = ?problem.line, error = %problem.message, "manifest not usable");
+        }
+        for refused in &report.refused_kinds {
+            warn!(object = %refused, "kind not on the allow-list; not applied");
+        }
+        for problem in &report.apply_errors {
+            warn!(error = %problem, "not applied; will retry");
+        }
+        info!(commit = %report.commit, why, applied = report.applied, unchanged = report.unchanged, pruned = report.pruned,
+            prune_skipped = ?report.prune_skipped, "synced");
+    }
+
+    /// Ready once a sync has applied everything the API server was given; until then `/readyz`
+    /// says what is missing. Files that do not parse are the repository's problem, reported in
+    /// the state object, and do not hold readiness back; after the first complete sync, later
+    /// refusals are retried and reported without taking the webhook endpoint out of service.
+    fn report_readiness(&self, report: &Report) {
+        if report.apply_errors.is_empty() || self.health.is_ready() {
+            self.health.set_ready();
+        } else {
+            self.health.set_not_ready(format!(
+                "first sync incomplete: {} object(s) not applied yet, retrying: {}",
+                report.apply_errors.len(),
+                report.apply_errors[0]
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Schedule {
+        Schedule {
+            last_commit: Some("a".into()),
+            last_full_sync: Some(Instant::now()),
+            requested: false,
+            sync_failed: false,
+            retry: None,
+        }
+    }
+
+    fn report(apply_errors: usize) -> Report {
+        Report {
+            apply_errors: vec!["x".into(); apply_errors],
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn commit_syncs_do_not_postpone_the_full_sync() {
+        let mut s = schedule();
+        s.last_full_sync = Some(Instant::now() - Duration::from_secs(50));
+        for commit in ["b", "c", "d"] {
+            assert_eq!(
+                s.due(commit, Duration::from_secs(60)).map(|d| d.0),
+                Some(Reapply::Changed)
+            );
+            s.synced(commit.into(), Reapply::Changed, &report(0));
+        }
+        // Ten more seconds of commits: the full sync is due however often commits come.
+        s.last_full_sync = Some(Instant::now() - Duration::from_secs(61));
+        assert_eq!(
+            s.due("e", Duration::from_secs(60)).map(|d| d.0),
+            Some(Reapply::Everything)
+        );
+    }
+
+    #[test]
+    fn nothing_is_due_without_a_reason() {
+        let s = schedule();
+        assert!(s.due("a", Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn refused_objects_are_retried_with_a_growing_delay_until_they_apply() {
+        let mut s = schedule();
+        s.synced("a".into(), Reapply::Changed, &report(1));
+        let first = s.retry.as_ref().unwrap().0;
+        assert!(s.delay(Duration::from_secs(3600), 0) <= MIN_APPLY_RETRY);
+        s.retry.as_mut().unwrap().0 = Instant::now() - Duration::from_millis(1);
+        assert_eq!(
+            s.due("a", Duration::from_secs(3600)).map(|d| d.0),
+            Some(Reapply::Changed)
+        );
+        s.synced("a".into(), Reapply::Changed, &report(1));
+        let second = s.retry.as_ref().unwrap().0;
+        assert!(second - Instant::now() > first.saturating_duration_since(Instant::now()));
+        assert!(s.delay(Duration::from_secs(3600), 0) <= MAX_APPLY_RETRY);
+        s.synced("a".into(), Reapply::Changed, &report(0));
+        assert!(s.retry.is_none());
+        assert!(s.due("a", Duration::from_secs(3600)).is_none());
+    }
+
+    #[test]
+    fn a_request_without_a_new_commit_applies_everything() {
+        let mut s = schedule();
+        s.requested = true;
+        assert_eq!(
+            s.due("a", Duration::from_secs(3600)).map(|d| d.0),
+            Some(Reapply::Everything)
+        );
+        assert_eq!(
+            s.due("b", Duration::from_secs(3600)).map(|d| d.0),
+            Some(Reapply::Changed)
+        );
     }
 }

@@ -171,6 +171,7 @@ impl Syncer {
         let mut desired: BTreeSet<(String, String, String, String)> = BTreeSet::new();
         let mut existing = self.existing().await?;
         let mut rediscovered = false;
+        let mut planned = Vec::new();
         for manifest in manifests {
             let (group, version) = split_api_version(manifest.api_version());
             if !self
@@ -224,6 +225,15 @@ impl Syncer {
                 api_version: manifest.api_version().to_owned(),
                 ..resource
             };
+            planned.push((manifest, resource, namespace, key));
+        }
+        // What namespaced objects need goes first: a FluxHelmRelease committed together with its
+        // Namespace must not wait for a retry.
+        planned.sort_by_key(|(manifest, resource, namespace, _)| {
+            apply_order(&resource.group, manifest.kind(), namespace.is_some())
+        });
+
+        for (manifest, resource, namespace, key) in planned {
             let previous = existing.remove(&key);
             let digest = digest(&manifest.object);
             let applied_digest = previous
@@ -424,6 +434,17 @@ impl Syncer {
     }
 }
 
+/// Where an object goes in a sync: Namespaces, then CRDs, then other cluster-scoped objects, then
+/// namespaced ones (the sort is stable, so file order holds within each).
+fn apply_order(group: &str, kind: &str, namespaced: bool) -> u8 {
+    match (group, kind, namespaced) {
+        ("", "Namespace", _) => 0,
+        ("apiextensions.k8s.io", "CustomResourceDefinition", _) => 1,
+        (_, _, false) => 2,
+        (_, _, true) => 3,
+    }
+}
+
 fn split_api_version(api_version: &str) -> (&str, &str) {
     match api_version.split_once('/') {
         Some((group, version)) => (group, version),
@@ -457,6 +478,33 @@ mod tests {
         assert!(!grouped.matches("evil.example.com", "ClusterRoleBinding"));
         let core = AllowedKind::parse("core/ConfigMap");
         assert!(core.matches("", "ConfigMap"));
+    }
+
+    #[test]
+    fn namespaces_and_other_prerequisites_are_applied_before_namespaced_objects() {
+        let mut kinds = [
+            (
+                "helm.integrations.flux.weave.works",
+                "FluxHelmRelease",
+                true,
+            ),
+            ("rbac.authorization.k8s.io", "ClusterRole", false),
+            ("", "Namespace", false),
+            ("apiextensions.k8s.io", "CustomResourceDefinition", false),
+            ("", "ConfigMap", true),
+        ];
+        kinds.sort_by_key(|(g, k, n)| apply_order(g, k, *n));
+        let order: Vec<_> = kinds.iter().map(|(_, k, _)| *k).collect();
+        assert_eq!(
+            order,
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "ClusterRole",
+                "FluxHelmRelease",
+                "ConfigMap"
+            ]
+        );
     }
 
     #[test]
