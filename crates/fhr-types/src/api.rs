@@ -1,7 +1,9 @@
 //! The `FluxHelmRelease` custom resource.
 
 use crate::values::Values;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::core::{ApiResource, GroupVersionKind};
@@ -169,10 +171,32 @@ pub struct FluxHelmReleaseStatus {
     /// Consecutive failed attempts since the last success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<i64>,
+    /// What the drift check set out to correct and what it found it cannot correct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftMemory>,
     /// `Ready`, `Released`, `ChartFetched`, and `Reconciling`/`Stalled` where they apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The drift check's memory, kept in status so that it survives a restart or failover: a
+/// difference that an upgrade did not correct (another controller or a webhook keeps rewriting it)
+/// is ignored until the chart or values change, so drift never becomes an upgrade loop.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftMemory {
+    /// The digest of chart and values this memory is about; another digest starts afresh.
+    #[schemars(length(max = 128))]
+    pub digest: String,
+    /// Differences (`Kind namespace/name field`) the last upgrade was started to correct.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub correcting: Vec<String>,
+    /// Differences that survived a correction: left alone until the digest changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub ignored: Vec<String>,
 }
 
 impl FluxHelmRelease {
@@ -203,6 +227,27 @@ pub fn crd() -> CustomResourceDefinition {
     v2.storage = false;
     v2.served = true;
     crd.spec.versions.push(v2);
+    for version in &mut crd.spec.versions {
+        // `kubectl get -o wide` shows columns of priority 1: why a release is not ready.
+        let columns = version
+            .additional_printer_columns
+            .get_or_insert_with(Vec::new);
+        for (name, path) in [
+            ("Reason", ".status.conditions[?(@.type==\"Ready\")].reason"),
+            (
+                "Message",
+                ".status.conditions[?(@.type==\"Ready\")].message",
+            ),
+        ] {
+            columns.push(CustomResourceColumnDefinition {
+                name: name.to_owned(),
+                type_: "string".to_owned(),
+                json_path: path.to_owned(),
+                priority: Some(1),
+                ..Default::default()
+            });
+        }
+    }
     crd
 }
 
@@ -235,7 +280,12 @@ mod tests {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect();
-            assert_eq!(columns, ["Release", "Status", "Revision", "Ready", "Age"]);
+            assert_eq!(
+                columns,
+                [
+                    "Release", "Status", "Revision", "Ready", "Age", "Reason", "Message"
+                ]
+            );
         }
     }
 

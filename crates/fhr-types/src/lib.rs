@@ -11,7 +11,7 @@ pub mod naming;
 pub mod values;
 
 pub use api::{
-    FluxHelmRelease, FluxHelmReleaseSpec, FluxHelmReleaseStatus, KeyRef, Rollback,
+    DriftMemory, FluxHelmRelease, FluxHelmReleaseSpec, FluxHelmReleaseStatus, KeyRef, Rollback,
     ValuesFromSource, crd,
 };
 pub use values::{NameValue, Values};

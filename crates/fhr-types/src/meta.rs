@@ -9,6 +9,11 @@ pub const SYNC_SET_LABEL: &str = "helm.integrations.flux.weave.works/sync-set";
 pub const SOURCE_COMMIT_ANNOTATION: &str = "helm.integrations.flux.weave.works/source-commit";
 /// Annotation flux-agent puts on what it applied: the file it came from.
 pub const SOURCE_PATH_ANNOTATION: &str = "helm.integrations.flux.weave.works/source-path";
+/// Label on flux-agent's state object (the value names its sync set): helm-operator watches
+/// objects with it to learn of new commits, so a webhook to the agent reaches charts too.
+pub const AGENT_STATE_LABEL: &str = "helm.integrations.flux.weave.works/agent-state";
+/// Annotation on flux-agent's state object: the commit it synced last.
+pub const AGENT_COMMIT_ANNOTATION: &str = "helm.integrations.flux.weave.works/commit";
 /// Annotation a user sets (to any new value, e.g. a timestamp) to ask for an immediate reconcile.
 pub const RECONCILE_REQUEST_ANNOTATION: &str = "helm.integrations.flux.weave.works/reconcile-at";
 

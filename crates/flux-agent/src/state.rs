@@ -1,6 +1,7 @@
 //! The agent's state object: a ConfigMap recording the last sync, and the object its Events name.
 
 use crate::sync::{MANAGER, Report};
+use fhr_types::meta::{AGENT_COMMIT_ANNOTATION, AGENT_STATE_LABEL};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -13,6 +14,7 @@ const MAX_LISTED: usize = 10;
 pub struct State {
     api: Api<ConfigMap>,
     name: String,
+    sync_set: String,
     recorder: Recorder,
 }
 
@@ -22,6 +24,7 @@ impl State {
         State {
             api: Api::namespaced(client, namespace),
             name: format!("{sync_set}-state"),
+            sync_set: sync_set.to_owned(),
             recorder,
         }
     }
@@ -45,7 +48,11 @@ impl State {
         let state = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": self.name},
+            "metadata": {
+                "name": self.name,
+                "labels": {AGENT_STATE_LABEL: self.sync_set},
+                "annotations": {AGENT_COMMIT_ANNOTATION: report.commit},
+            },
             "data": {
                 "commit": report.commit,
                 "applied": report.applied.to_string(),

@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Namespace of flux-agent's state object, whose announced commits make the operator fetch at
+    /// once (default: the --namespace watched, or all namespaces). Announcements of another
+    /// repository only cost a fetch that finds nothing new.
+    #[arg(long, env = "AGENT_STATE_NAMESPACE")]
+    pub agent_state_namespace: Option<String>,
+
     /// Folder for the git mirror, exported charts and Helm's cache (default: a temporary folder).
     #[arg(long, env = "STATE_DIR")]
     pub state_dir: Option<PathBuf>,

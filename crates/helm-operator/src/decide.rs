@@ -94,6 +94,10 @@ pub struct Facts<'a> {
     pub rollback_enabled: bool,
     /// `status.lastAttemptedDigest`: what the previous attempt tried.
     pub last_attempted_digest: Option<&'a str>,
+    /// The holder named in storage is not a FluxHelmRelease that asks for this release any more
+    /// (it was deleted without uninstalling, or names another release now): its release may be
+    /// taken over.
+    pub holder_left: bool,
     /// `status.revision`: the revision this operator last wrote or found in sync. Helm merges the
     /// previous revision's labels into a hand-made upgrade, so the digest label alone cannot
     /// tell a hand-made revision from ours.
@@ -107,6 +111,8 @@ pub enum ReleaseState {
     Absent,
     /// Managed by another FluxHelmRelease.
     OwnedByOther(Owner),
+    /// Managed by a FluxHelmRelease that no longer asks for it: take it over.
+    LeftByOwner(Owner),
     /// A release nobody manages, and adoption was not asked for.
     Unmanaged,
     /// A release nobody manages, named explicitly: take it over.
@@ -147,12 +153,47 @@ pub enum Action {
     Conflict(String),
 }
 
+/// A FluxHelmRelease asking for a release name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The resource, as an owner.
+    pub owner: Owner,
+    /// Its creation time (seconds since the epoch); unknown sorts last.
+    pub created: Option<i64>,
+    /// It is being deleted.
+    pub deleting: bool,
+}
+
+/// Which of the resources asking for one release may act on it, decided before any Helm action so
+/// that two resources never race for it: the one holding it in Helm's storage while it still asks
+/// for it (also while it is being deleted: its uninstall comes first), otherwise the oldest claim
+/// that is not being deleted (by creation time, then name). A live holder keeps its release even
+/// against an older claim: taking it over would replace another resource's chart and values.
+pub fn rightful<'a>(claims: &'a [Claim], holder: Option<&Owner>) -> Option<&'a Owner> {
+    if let Some(held) = claims.iter().find(|c| Some(&c.owner) == holder) {
+        return Some(&held.owner);
+    }
+    claims
+        .iter()
+        .filter(|c| !c.deleting)
+        .min_by(|a, b| {
+            let age = |c: &Claim| (c.created.is_none(), c.created);
+            age(a)
+                .cmp(&age(b))
+                .then_with(|| a.owner.name.cmp(&b.owner.name))
+        })
+        .map(|c| &c.owner)
+}
+
 /// Names the state of the release.
 pub fn classify(facts: &Facts<'_>) -> ReleaseState {
     let Some(latest) = facts.latest else {
         return ReleaseState::Absent;
     };
     match &latest.owner {
+        Some(owner) if owner != facts.me && facts.holder_left => {
+            return ReleaseState::LeftByOwner(owner.clone());
+        }
         Some(owner) if owner != facts.me => return ReleaseState::OwnedByOther(owner.clone()),
         None if !facts.adopt => return ReleaseState::Unmanaged,
         None => return ReleaseState::Adoptable,
@@ -202,7 +243,7 @@ pub fn decide(state: &ReleaseState, release: &str) -> Action {
         ReleaseState::Unmanaged => Action::Conflict(format!(
             "release {release} exists and is not managed by helm-operator; set spec.releaseName: {release} explicitly to adopt it"
         )),
-        ReleaseState::Adoptable => Action::Upgrade,
+        ReleaseState::Adoptable | ReleaseState::LeftByOwner(_) => Action::Upgrade,
         ReleaseState::Locked(_) => Action::Unlock,
         ReleaseState::FailedWithRollback(revision) => Action::Rollback(*revision),
         ReleaseState::RolledBack => Action::Nothing,
@@ -243,8 +284,60 @@ mod tests {
                 .map(|r| r.number),
             rollback_enabled: false,
             last_attempted_digest: None,
+            holder_left: false,
             recorded_revision: None,
         }
+    }
+
+    fn claim(name: &str, created: i64, deleting: bool) -> Claim {
+        Claim {
+            owner: Owner {
+                namespace: "team".into(),
+                name: name.into(),
+            },
+            created: Some(created),
+            deleting,
+        }
+    }
+
+    #[test]
+    fn the_oldest_claim_wins_a_free_release() {
+        let claims = [claim("b", 10, false), claim("a", 20, false)];
+        assert_eq!(rightful(&claims, None).unwrap().name, "b");
+        // Same second: the name decides, so every replica and reconcile agrees.
+        let claims = [claim("b", 10, false), claim("a", 10, false)];
+        assert_eq!(rightful(&claims, None).unwrap().name, "a");
+    }
+
+    #[test]
+    fn a_live_holder_keeps_its_release_and_a_leaving_one_uninstalls_first() {
+        let claims = [claim("old", 10, false), claim("holder", 20, false)];
+        let holder = claims[1].owner.clone();
+        assert_eq!(rightful(&claims, Some(&holder)).unwrap().name, "holder");
+        let claims = [claim("old", 10, false), claim("holder", 20, true)];
+        assert_eq!(rightful(&claims, Some(&holder)).unwrap().name, "holder");
+        // Gone (no claim any more): the oldest remaining claim takes over.
+        let claims = [claim("young", 30, false), claim("old", 10, false)];
+        assert_eq!(rightful(&claims, Some(&holder)).unwrap().name, "old");
+        // Nobody left but resources being deleted.
+        let claims = [claim("old", 10, true)];
+        assert_eq!(rightful(&claims, None), None);
+    }
+
+    #[test]
+    fn a_release_its_holder_left_is_taken_over() {
+        let me = me();
+        let gone = Owner {
+            namespace: "team".into(),
+            name: "gone".into(),
+        };
+        let r = revision(1, "deployed", Some(gone.clone()), "theirs");
+        let mut f = facts(&me, Some(&r));
+        f.holder_left = true;
+        assert_eq!(
+            state(&f),
+            (ReleaseState::LeftByOwner(gone), Action::Upgrade)
+        );
     }
 
     fn state(facts: &Facts<'_>) -> (ReleaseState, Action) {

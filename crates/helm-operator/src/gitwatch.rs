@@ -1,19 +1,38 @@
 //! The fetch loop: keeps the latest commit for the reconciler and re-queues exactly the
 //! resources whose chart folder changed. A commit elsewhere in the repository re-queues nothing.
+//! Besides its own interval, it fetches at once when flux-agent announces a commit it has not
+//! fetched yet (the agent's state object): a webhook to the agent reaches charts too, and the
+//! daemons still talk only through the API server.
 
 use crate::desired;
 use crate::metrics::Metrics;
-use crate::reconcile::GitView;
 use fhr_git::{Mirror, Snapshot};
 use fhr_runtime::{CancellationToken, Health};
 use fhr_types::FluxHelmRelease;
+use fhr_types::meta::{AGENT_COMMIT_ANNOTATION, AGENT_STATE_LABEL};
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
+
+/// The latest git state the reconciler works from.
+#[derive(Debug, Clone, Default)]
+pub struct GitView {
+    /// The last commit fetched, if any fetch succeeded yet.
+    pub snapshot: Option<Snapshot>,
+    /// Why the last fetch failed, if it did.
+    pub error: Option<String>,
+    /// A commit flux-agent announced that is being fetched now.
+    pub announced: Option<String>,
+}
 
 /// What the fetch loop works with.
 pub struct GitWatch {
@@ -26,7 +45,9 @@ pub struct GitWatch {
     /// The repository folder holding the charts.
     pub charts_path: String,
     /// Where the latest commit is published.
-    pub view: watch::Sender<GitView>,
+    pub view: Arc<watch::Sender<GitView>>,
+    /// Wakes the loop for a fetch now.
+    pub wake: Arc<Notify>,
     /// The resources, to find those whose chart changed.
     pub store: Store<FluxHelmRelease>,
     /// Where re-queues go.
@@ -57,6 +78,7 @@ impl GitWatch {
                         self.view.send_replace(GitView {
                             snapshot: Some(snapshot.clone()),
                             error: None,
+                            announced: None,
                         });
                         let requeue = match &previous {
                             Some(previous) => self.changed(previous, &snapshot),
@@ -73,8 +95,11 @@ impl GitWatch {
                         }
                         previous = Some(snapshot);
                     } else {
-                        self.view
-                            .send_if_modified(|view| view.error.take().is_some());
+                        self.view.send_if_modified(|view| {
+                            let error = view.error.take().is_some();
+                            let announced = view.announced.take().is_some();
+                            error || announced
+                        });
                     }
                     self.health.set_ready();
                 }
@@ -98,6 +123,7 @@ impl GitWatch {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
             }
         }
     }
@@ -125,5 +151,44 @@ impl GitWatch {
             "chart folders compared"
         );
         requeue
+    }
+}
+
+/// Follows flux-agent's state objects in `namespace` (all namespaces when `None`) and wakes the
+/// fetch loop when one names a commit other than the one fetched. Metadata only: the commit is an
+/// annotation, so the operator needs no more than it already has on ConfigMaps.
+pub async fn follow_agent(
+    client: kube::Client,
+    namespace: Option<String>,
+    view: Arc<watch::Sender<GitView>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<PartialObjectMeta<ConfigMap>> = match &namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    };
+    let announcements = watcher(api, watcher::Config::default().labels(AGENT_STATE_LABEL))
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|object| async move {
+            object
+                .ok()?
+                .metadata
+                .annotations?
+                .remove(AGENT_COMMIT_ANNOTATION)
+        });
+    let mut announcements = std::pin::pin!(announcements.take_until(shutdown.cancelled_owned()));
+    while let Some(commit) = announcements.next().await {
+        let fetched = view
+            .borrow()
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.commit() == commit);
+        if !fetched {
+            info!(%commit, "flux-agent announced a commit not fetched yet; fetching now");
+            view.send_modify(|view| view.announced = Some(commit));
+            wake.notify_one();
+        }
     }
 }

@@ -6,6 +6,7 @@ mod config;
 mod decide;
 mod desired;
 mod drift;
+mod explain;
 mod gitwatch;
 mod helm;
 mod metrics;
@@ -94,20 +95,33 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(decision_inputs, Default::default());
-    let (view_tx, view_rx) = tokio::sync::watch::channel(reconcile::GitView::default());
+    let (view_tx, view_rx) = tokio::sync::watch::channel(gitwatch::GitView::default());
+    let view_tx = Arc::new(view_tx);
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let git = gitwatch::GitWatch {
         mirror,
         timeout: config.git.git_timeout,
         interval: config.git.git_poll_interval,
         charts_path: config.charts_path.clone(),
-        view: view_tx,
+        view: view_tx.clone(),
+        wake: wake.clone(),
         store: reader.clone(),
-        trigger: trigger_tx,
+        trigger: trigger_tx.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };
     tokio::spawn(git.run(shutdown.clone()));
+    tokio::spawn(gitwatch::follow_agent(
+        client.clone(),
+        config
+            .agent_state_namespace
+            .clone()
+            .or_else(|| config.namespace.clone()),
+        view_tx,
+        wake,
+        shutdown.clone(),
+    ));
 
     let reporter = Reporter {
         controller: "helm-operator".into(),
@@ -121,8 +135,11 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         charts,
         git: view_rx,
         metrics,
-        corrections: Default::default(),
+        confirmed: Default::default(),
         resources: Default::default(),
+        store: reader.clone(),
+        requeue: trigger_tx,
+        locks: Default::default(),
         settings: reconcile::Settings {
             charts_path: config.charts_path.clone(),
             default_timeout: config.helm_timeout,

@@ -5,6 +5,8 @@ use crate::charts::ChartCache;
 use crate::decide::{self, Action as ReleaseAction, Facts, Owner};
 use crate::desired::{self, Desired, SpecError};
 use crate::drift;
+use crate::explain;
+use crate::gitwatch::GitView;
 use crate::helm::{self, Helm, HelmError};
 use crate::metrics::Metrics;
 use crate::status::{self, Truth, set_condition};
@@ -13,24 +15,18 @@ use crate::values_from::{self, Redactor, SourceError};
 use fhr_git::Snapshot;
 use fhr_types::meta::{FINALIZER, condition, reason};
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
+use futures::channel::mpsc::UnboundedSender;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
-
-/// The latest git state the reconciler works from.
-#[derive(Debug, Clone, Default)]
-pub struct GitView {
-    /// The last commit fetched, if any fetch succeeded yet.
-    pub snapshot: Option<Snapshot>,
-    /// Why the last fetch failed, if it did.
-    pub error: Option<String>,
-}
 
 /// Settings the reconciler takes from flags.
 #[derive(Debug, Clone)]
@@ -59,10 +55,37 @@ pub struct Context<H: Helm> {
     pub recorder: Recorder,
     /// Flags.
     pub settings: Settings,
-    /// Drift corrections that did not hold, per release.
-    pub corrections: drift::Corrections,
+    /// Chart objects a dry-run apply found clean, so they are not asked about again.
+    pub confirmed: drift::Confirmed,
     /// API resources of chart objects, for drift detection.
     pub resources: drift::Resources,
+    /// Every FluxHelmRelease the operator watches, to find all that ask for one release.
+    pub store: Store<FluxHelmRelease>,
+    /// Re-queues resources (those waiting for a release another resource gave up).
+    pub requeue: UnboundedSender<ObjectRef<FluxHelmRelease>>,
+    /// One action at a time per release.
+    pub locks: ReleaseLocks,
+}
+
+/// One lock per release (`namespace/name`): actions on a release never overlap, whichever
+/// resources ask for it.
+#[derive(Default)]
+pub struct ReleaseLocks {
+    by_release: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ReleaseLocks {
+    /// Waits for the release's lock.
+    async fn lock(&self, namespace: &str, release: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .by_release
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{namespace}/{release}"))
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
 }
 
 /// Errors that retrying may fix (the API or storage was unreachable, an uninstall failed).
@@ -112,9 +135,10 @@ pub async fn reconcile<H: Helm>(
     let timer = ctx.metrics.reconcile_started();
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
     let api: Api<FluxHelmRelease> = Api::namespaced(ctx.client.clone(), &namespace);
+    let outcome = Mutex::new(Outcome::Success);
     let result = finalizer(&api, FINALIZER, fhr, |event| async {
         match event {
-            Finalizer::Apply(fhr) => apply(&fhr, &api, &ctx).await,
+            Finalizer::Apply(fhr) => apply(&fhr, &api, &ctx, &outcome).await,
             Finalizer::Cleanup(fhr) => cleanup(&fhr, &ctx).await,
         }
     })
@@ -125,10 +149,35 @@ pub async fn reconcile<H: Helm>(
         other => Error::Finalizer(other.to_string()),
     });
     timer.finish(match &result {
-        Ok(_) => "success",
+        Ok(_) => outcome
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .label(),
         Err(e) => e.metric_label(),
     });
     result
+}
+
+/// How a reconcile that raised no error ended, for the reconciles metric: a failed Helm action or a
+/// problem only the user can fix is not a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// In sync, or the action taken succeeded.
+    Success,
+    /// The Helm action failed (reported in status; retried with backoff).
+    ActionFailed,
+    /// Blocked on something only a change can fix: the spec, the chart, values, a conflict.
+    Blocked,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ActionFailed => "action_failed",
+            Outcome::Blocked => "blocked",
+        }
+    }
 }
 
 /// Transient errors: retry with a delay.
@@ -154,9 +203,14 @@ struct Run<'a, H: Helm> {
     ctx: &'a Context<H>,
     status: FluxHelmReleaseStatus,
     generation: Option<i64>,
+    outcome: &'a Mutex<Outcome>,
 }
 
 impl<'a, H: Helm> Run<'a, H> {
+    fn set_outcome(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = outcome;
+    }
+
     fn condition(&mut self, type_: &str, value: Option<(Truth, &str, &str)>) {
         set_condition(&mut self.status, type_, value, self.generation);
     }
@@ -215,11 +269,13 @@ impl<'a, H: Helm> Run<'a, H> {
         message: &str,
         action: &str,
     ) -> Result<(), Error> {
-        let changed = !self
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == condition::READY && c.reason == reason && c.message == message);
+        self.set_outcome(Outcome::Blocked);
+        // The same problem at a newer commit is not news: no Event for every commit.
+        let changed = !self.status.conditions.iter().any(|c| {
+            c.type_ == condition::READY
+                && c.reason == reason
+                && without_commits(&c.message) == without_commits(message)
+        });
         if let Some(companion) = companion {
             self.condition(companion, Some((Truth::False, reason, message)));
         }
@@ -238,6 +294,7 @@ async fn apply<H: Helm>(
     fhr: &FluxHelmRelease,
     api: &Api<FluxHelmRelease>,
     ctx: &Context<H>,
+    outcome: &Mutex<Outcome>,
 ) -> Result<Action, Error> {
     let mut run = Run {
         fhr,
@@ -245,6 +302,7 @@ async fn apply<H: Helm>(
         ctx,
         status: fhr.status.clone().unwrap_or_default(),
         generation: fhr.metadata.generation,
+        outcome,
     };
     let settings = &ctx.settings;
     let desired = match desired::desired(fhr, &settings.charts_path, settings.default_timeout) {
@@ -278,11 +336,17 @@ async fn apply<H: Helm>(
     let tree = match snapshot.tree_id(&desired.chart_path) {
         Ok(Some(tree)) => tree,
         Ok(None) => {
-            let message = format!(
-                "chart folder {:?} does not exist at commit {}",
+            let mut message = format!(
+                "chart folder {:?} does not exist at commit {}, the newest fetched",
                 desired.chart_path,
                 short(&snapshot.commit())
             );
+            if let Some(announced) = &git.announced {
+                message.push_str(&format!(
+                    "; commit {}, announced by flux-agent, is being fetched",
+                    short(announced)
+                ));
+            }
             run.blocked(
                 Some(condition::CHART_FETCHED),
                 reason::CHART_NOT_FOUND,
@@ -322,7 +386,38 @@ async fn apply<H: Helm>(
     let values = resolved.values;
     let digest = desired::digest(&tree.to_string(), &values);
     let me = storage::owner(&namespace, &fhr.name_any());
+    // Held until this reconcile ends: what is decided below stays true while it acts.
+    let _release_lock = ctx.locks.lock(&namespace, &desired.release).await;
+    // Claims are read from the watch's store: it must hold every resource before they count
+    // (immediate once the first list is in).
+    let _ = ctx.store.wait_until_ready().await;
     let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
+    let claims = claims(&ctx.store, fhr, &namespace, &desired.release);
+    let holder = history.latest().and_then(|r| r.owner.as_ref());
+    match decide::rightful(&claims, holder) {
+        Some(owner) if *owner == me => {}
+        other => {
+            let message = match other {
+                Some(owner) => format!(
+                    "release {} is claimed by FluxHelmRelease {owner}, which holds it or is older; this resource takes over only when that one leaves",
+                    desired.release
+                ),
+                None => format!("release {} is being uninstalled", desired.release),
+            };
+            // Never show the other resource's release as this one's.
+            run.status.release_status = None;
+            run.status.revision = None;
+            run.blocked(
+                Some(condition::RELEASED),
+                reason::RELEASE_CONFLICT,
+                &message,
+                "Decide",
+            )
+            .await?;
+            // The owner's cleanup re-queues this resource when it leaves.
+            return Ok(Action::requeue(settings.sync_interval));
+        }
+    }
     let facts = Facts {
         me: &me,
         adopt: desired.adopt,
@@ -331,6 +426,7 @@ async fn apply<H: Helm>(
         last_deployed: history.last_deployed(),
         rollback_enabled: desired.rollback.enable,
         last_attempted_digest: run.status.last_attempted_digest.as_deref(),
+        holder_left: holder.is_some_and(|h| !claims.iter().any(|c| &c.owner == h)),
         recorded_revision: run.status.revision,
     };
     let state = decide::classify(&facts);
@@ -351,8 +447,14 @@ async fn apply<H: Helm>(
             if state == decide::ReleaseState::InSync
                 && let Some(latest) = history.latest()
             {
-                let drifted =
-                    drift(ctx, &namespace, &desired.release, latest.number, &digest).await;
+                let drifted = drift(
+                    &mut run,
+                    &namespace,
+                    &desired.release,
+                    latest.number,
+                    &digest,
+                )
+                .await;
                 if !drifted.is_empty() {
                     let message = format!(
                         "objects changed by hand: {}; upgrading to restore them",
@@ -374,6 +476,8 @@ async fn apply<H: Helm>(
             Ok(Action::requeue(settings.sync_interval))
         }
         ReleaseAction::Conflict(message) => {
+            run.status.release_status = None;
+            run.status.revision = None;
             run.blocked(
                 Some(condition::RELEASED),
                 reason::RELEASE_CONFLICT,
@@ -428,15 +532,16 @@ async fn export_and_act<H: Helm>(
 }
 
 /// Compares an in-sync release's objects with the cluster; what drifted (after the corrections
-/// that did not hold are set aside). Detection problems are logged, never fatal: the release is
-/// in sync as far as Helm knows.
+/// that did not hold are set aside, as the status remembers them). Detection problems are logged,
+/// never fatal: the release is in sync as far as Helm knows.
 async fn drift<H: Helm>(
-    ctx: &Context<H>,
+    run: &mut Run<'_, H>,
     namespace: &str,
     release: &str,
     revision: i64,
     digest: &str,
 ) -> Vec<drift::Drifted> {
+    let ctx = run.ctx;
     let manifest = match storage::manifest(&ctx.client, namespace, release, revision).await {
         Ok(manifest) => manifest,
         Err(e) => {
@@ -444,19 +549,22 @@ async fn drift<H: Helm>(
             return Vec::new();
         }
     };
-    let found = match drift::detect(&ctx.client, &ctx.resources, namespace, &manifest).await {
+    let check = drift::Check {
+        release_key: &format!("{namespace}/{release}"),
+        namespace,
+        revision,
+        manifest: &manifest,
+    };
+    let found = match drift::detect(&ctx.client, &ctx.resources, &ctx.confirmed, &check).await {
         Ok(found) => found,
         Err(e) => {
             warn!(error = %e, "cannot compare the release's objects with the cluster");
             return Vec::new();
         }
     };
-    let (act_on, ignored) = ctx
-        .corrections
-        .decide(&format!("{namespace}/{release}"), digest, found)
-        .await;
+    let (act_on, ignored) = drift::triage(&mut run.status.drift, digest, found);
     if !ignored.is_empty() {
-        warn!(fields = ?ignored, "drift that an upgrade did not correct (the API server changes these values); ignoring it until the chart or values change");
+        warn!(fields = ?ignored, "drift that an upgrade did not correct (something else keeps changing these values); ignoring it until the chart or values change");
     }
     act_on
 }
@@ -608,11 +716,13 @@ async fn act<H: Helm>(
             Ok(Action::requeue(ctx.settings.sync_interval))
         }
         Err(error) => {
+            run.set_outcome(Outcome::ActionFailed);
             let failures = run.status.failures.unwrap_or(0) + 1;
             run.status.failures = Some(failures);
-            let message = plan
-                .redactor
-                .redact(&format!("helm {verb} of release {release} failed: {error}"));
+            let explained = explain(ctx, chart_dir, &error).await;
+            let message = plan.redactor.redact(&format!(
+                "helm {verb} of release {release} failed: {explained}"
+            ));
             run.condition(
                 condition::RELEASED,
                 Some((Truth::False, failed_reason, &message)),
@@ -628,6 +738,23 @@ async fn act<H: Helm>(
             Ok(Action::requeue(backoff(failures)))
         }
     }
+}
+
+/// Helm's error, or a message a user can act on where Helm's misleads.
+async fn explain<H: Helm>(
+    ctx: &Context<H>,
+    chart_dir: Option<&std::path::Path>,
+    error: &HelmError,
+) -> String {
+    let text = error.to_string();
+    let Some(unserved) = explain::unserved_kind(&text) else {
+        return text;
+    };
+    let templates = chart_dir
+        .map(|dir| explain::templates_declaring(dir, &unserved))
+        .unwrap_or_default();
+    let served = explain::served_versions(&ctx.client, &unserved.kind).await;
+    explain::describe(&unserved, &templates, &served)
 }
 
 async fn upgrade<H: Helm>(
@@ -682,6 +809,7 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     let Some(release) = release else {
         return Ok(Action::await_change());
     };
+    let _release_lock = ctx.locks.lock(&namespace, &release).await;
     let history = storage::history(&ctx.client, &namespace, &release).await?;
     let me = storage::owner(&namespace, &fhr.name_any());
     let ours = history
@@ -691,6 +819,14 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
         info!(%release, "release is absent or not managed by this resource; nothing to uninstall");
         return Ok(Action::await_change());
     }
+    let waiting = |ctx: &Context<H>| {
+        for claim in claims(&ctx.store, fhr, &namespace, &release) {
+            if claim.owner != me && !claim.deleting {
+                let waiting = ObjectRef::new(&claim.owner.name).within(&namespace);
+                let _ = ctx.requeue.unbounded_send(waiting);
+            }
+        }
+    };
     let timeout = desired::desired(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
         .map(|d| d.timeout)
         .unwrap_or(ctx.settings.default_timeout);
@@ -702,10 +838,12 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     .await
     {
         Ok(()) => {
-            ctx.corrections
+            ctx.confirmed
                 .forget(&format!("{namespace}/{release}"))
                 .await;
             info!(%release, "release uninstalled");
+            // Whoever else asks for this release goes now, not at its next re-check.
+            waiting(ctx);
             Ok(Action::await_change())
         }
         Err(e) => {
@@ -725,6 +863,60 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     }
 }
 
+/// Every resource in `namespace` that asks for `release` (this one included, even before the
+/// watch has shown it), as claims for [`decide::rightful`].
+fn claims(
+    store: &Store<FluxHelmRelease>,
+    me: &FluxHelmRelease,
+    namespace: &str,
+    release: &str,
+) -> Vec<decide::Claim> {
+    let claim = |fhr: &FluxHelmRelease| decide::Claim {
+        owner: storage::owner(namespace, &fhr.name_any()),
+        created: fhr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        deleting: fhr.metadata.deletion_timestamp.is_some(),
+    };
+    let mut claims: Vec<decide::Claim> = store
+        .state()
+        .iter()
+        .filter(|fhr| fhr.namespace().as_deref() == Some(namespace))
+        .filter(|fhr| fhr.name_any() != me.name_any())
+        .filter(|fhr| {
+            fhr_types::naming::release_name(
+                namespace,
+                &fhr.name_any(),
+                fhr.spec.release_name.as_deref(),
+            )
+            .is_ok_and(|name| name == release)
+        })
+        .map(|fhr| claim(fhr))
+        .collect();
+    claims.push(claim(me));
+    claims
+}
+
+/// A message with commit ids (12 or more hex digits) and what follows a `;` left out, to tell one
+/// problem from another.
+fn without_commits(message: &str) -> String {
+    let message = message.split(';').next().unwrap_or_default();
+    message
+        .split(' ')
+        .map(|word| {
+            let hex = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+            if hex.len() >= 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                "…"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
@@ -732,7 +924,20 @@ fn short(commit: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::backoff;
+
     use std::time::Duration;
+
+    #[test]
+    fn the_same_problem_at_another_commit_is_the_same_problem() {
+        use super::without_commits;
+        let a = "chart folder \"x\" does not exist at commit 0123456789ab, the newest fetched";
+        let b = "chart folder \"x\" does not exist at commit ba9876543210, the newest fetched; commit ffffffffffff, announced by flux-agent, is being fetched";
+        assert_eq!(without_commits(a), without_commits(b));
+        assert_ne!(
+            without_commits(a),
+            without_commits("chart folder \"y\" does not exist at commit 0123456789ab")
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_ten_minutes() {
