@@ -181,6 +181,37 @@ pub fn billion_laughs() -> String {
     bomb
 }
 
+/// The fixture repositories, `tests/e2e/fixtures/<name>`.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Writes the fixture folder `fixtures/<from>` into `repo` at `to` ("" for the top), with each
+/// `(placeholder, value)` replaced in every file (a namespace, so tests do not collide).
+pub fn copy_fixture(repo: &fhr_testenv::TestRepo, from: &str, to: &str, replace: &[(&str, &str)]) {
+    let root = fixture_dir(from);
+    let mut folders = vec![root.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read a fixture folder") {
+            let path = entry.expect("a fixture entry").path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let mut text = std::fs::read_to_string(&path).expect("a fixture file is text");
+            for (placeholder, value) in replace {
+                text = text.replace(placeholder, value);
+            }
+            let relative = path.strip_prefix(&root).expect("below the fixture");
+            let target = Path::new(to).join(relative);
+            repo.write(&target.display().to_string(), text)
+                .expect("write into the test repository");
+        }
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     fhr_testenv::free_port().expect("a free loopback port")
