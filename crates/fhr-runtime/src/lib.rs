@@ -2,6 +2,7 @@
 //! common to both, logging, the admin HTTP server and readiness, waiting for the API, shutdown.
 
 pub mod admin;
+pub mod child;
 pub mod cli;
 pub mod git_metrics;
 pub mod kube;

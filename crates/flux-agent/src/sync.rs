@@ -454,7 +454,7 @@ fn split_api_version(api_version: &str) -> (&str, &str) {
 
 fn digest(object: &Value) -> String {
     let hash = Sha256::digest(serde_json::to_vec(object).expect("JSON serialises"));
-    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hash[..16])
 }
 
 fn api_message(error: &kube::Error) -> String {

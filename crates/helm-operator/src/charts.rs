@@ -52,11 +52,14 @@ fn export(
         .map_err(|e| GitError::Io(dir.to_owned(), e))?;
     let out = staging.path().join("chart");
     snapshot.export_tree(tree, &out, limits)?;
-    crate::chart_archives::check_chart(&out, crate::chart_archives::ArchiveLimits::default())
-        .map_err(|refused| GitError::Refused {
-            path: refused.archive,
-            reason: refused.reason,
-        })?;
+    fhr_release::chart_archives::check_chart(
+        &out,
+        fhr_release::chart_archives::ArchiveLimits::default(),
+    )
+    .map_err(|refused| GitError::Refused {
+        path: refused.archive,
+        reason: refused.reason,
+    })?;
     match std::fs::rename(&out, dest) {
         Ok(()) => Ok(dest.to_owned()),
         Err(_) if dest.is_dir() => Ok(dest.to_owned()),

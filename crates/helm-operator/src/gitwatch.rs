@@ -4,7 +4,6 @@
 //! fetched yet (the agent's state object): a webhook to the agent reaches charts too, and the
 //! daemons still talk only through the API server.
 
-use crate::desired;
 use crate::metrics::Metrics;
 use fhr_git::{Mirror, Snapshot};
 use fhr_runtime::{CancellationToken, Health};
@@ -133,7 +132,9 @@ impl GitWatch {
         let mut by_path: HashMap<String, bool> = HashMap::new();
         let mut requeue = Vec::new();
         for fhr in self.store.state() {
-            let Ok(path) = desired::chart_path(&self.charts_path, &fhr.spec.chart_git_path) else {
+            let Ok(path) =
+                fhr_release::desired::chart_path(&self.charts_path, &fhr.spec.chart_git_path)
+            else {
                 continue;
             };
             let changed = *by_path.entry(path.clone()).or_insert_with(|| {

@@ -118,8 +118,11 @@ impl HelmCli {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        die_with_operator(&mut command);
-        let child = command.spawn().map_err(|e| HelmError::Io(e.to_string()))?;
+        // helm dies with the operator, as in a crashed container, instead of going on unsupervised:
+        // the restarted operator finds the release pending and recovers it.
+        let child = fhr_runtime::child::spawn(command)
+            .await
+            .map_err(|e| HelmError::Io(e.to_string()))?;
         let deadline = timeout + self.grace;
         let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
             Ok(output) => output.map_err(|e| HelmError::Io(e.to_string()))?,
@@ -222,23 +225,6 @@ impl Helm for HelmCli {
             fhr_types::duration::to_go_duration(timeout),
         ];
         self.run(args, timeout).await
-    }
-}
-
-/// A helm process dies with the operator (as in a crashed container), instead of going on
-/// unsupervised: the restarted operator finds the release pending and recovers it.
-#[allow(unsafe_code)]
-fn die_with_operator(command: &mut tokio::process::Command) {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
-    // The signal follows the spawning thread; helm is spawned from the runtime's worker threads,
-    // which live as long as the process.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

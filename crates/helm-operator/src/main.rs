@@ -1,10 +1,7 @@
 //! helm-operator: FluxHelmRelease objects and charts in git become Helm releases.
 
-mod chart_archives;
 mod charts;
 mod config;
-mod decide;
-mod desired;
 mod drift;
 mod explain;
 mod gitwatch;

@@ -2,17 +2,18 @@
 //! Apply and cleanup are two plain functions; kube's `finalizer` chooses between them.
 
 use crate::charts::ChartCache;
-use crate::decide::{self, Action as ReleaseAction, Facts, Owner};
-use crate::desired::{self, Desired, SpecError};
 use crate::drift;
-use crate::explain;
 use crate::gitwatch::GitView;
 use crate::helm::{self, Helm, HelmError};
 use crate::metrics::Metrics;
 use crate::status::{self, Truth, set_condition};
-use crate::storage::{self, History, StorageError};
-use crate::values_from::{self, Redactor, SourceError};
+use crate::storage::{self, StorageError};
+use crate::values_from::{self, SourceError};
 use fhr_git::Snapshot;
+use fhr_release::desired::{self, Desired, SpecError};
+use fhr_release::record::{self, History};
+use fhr_release::state::{self, Facts, Owner, ReleaseState, Step};
+use fhr_release::values_file::Redactor;
 use fhr_types::meta::{FINALIZER, condition, reason};
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
 use futures::channel::mpsc::UnboundedSender;
@@ -305,7 +306,8 @@ async fn apply<H: Helm>(
         outcome,
     };
     let settings = &ctx.settings;
-    let desired = match desired::desired(fhr, &settings.charts_path, settings.default_timeout) {
+    let desired = match Desired::from_resource(fhr, &settings.charts_path, settings.default_timeout)
+    {
         Ok(d) => d,
         Err(e) => return run.stalled(&e).await,
     };
@@ -385,7 +387,7 @@ async fn apply<H: Helm>(
     };
     let values = resolved.values;
     let digest = desired::digest(&tree.to_string(), &values);
-    let me = storage::owner(&namespace, &fhr.name_any());
+    let me = record::owner(&namespace, &fhr.name_any());
     // Held until this reconcile ends: what is decided below stays true while it acts.
     let _release_lock = ctx.locks.lock(&namespace, &desired.release).await;
     // Claims are read from the watch's store: it must hold every resource before they count
@@ -394,7 +396,7 @@ async fn apply<H: Helm>(
     let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
     let claims = claims(&ctx.store, fhr, &namespace, &desired.release);
     let holder = history.latest().and_then(|r| r.owner.as_ref());
-    match decide::rightful(&claims, holder) {
+    match state::rightful(&claims, holder) {
         Some(owner) if *owner == me => {}
         other => {
             let message = match other {
@@ -429,9 +431,9 @@ async fn apply<H: Helm>(
         holder_left: holder.is_some_and(|h| !claims.iter().any(|c| &c.owner == h)),
         recorded_revision: run.status.revision,
     };
-    let state = decide::classify(&facts);
-    let action = decide::decide(&state, &desired.release);
-    tracing::debug!(?state, ?action, "decided");
+    let state = state::classify(&facts);
+    let step = state.step(&desired.release);
+    tracing::debug!(?state, ?step, "decided");
 
     let plan = Plan {
         desired: &desired,
@@ -442,9 +444,9 @@ async fn apply<H: Helm>(
         values: &values,
         redactor: &resolved.secrets,
     };
-    match action {
-        ReleaseAction::Nothing => {
-            if state == decide::ReleaseState::InSync
+    match step {
+        Step::Nothing => {
+            if state == ReleaseState::InSync
                 && let Some(latest) = history.latest()
             {
                 let drifted = drift(
@@ -458,7 +460,7 @@ async fn apply<H: Helm>(
                 if !drifted.is_empty() {
                     let message = format!(
                         "objects changed by hand: {}; upgrading to restore them",
-                        drift::describe(&drifted)
+                        fhr_release::drift::describe(&drifted)
                     );
                     warn!(%message, "drift");
                     run.event(
@@ -468,14 +470,14 @@ async fn apply<H: Helm>(
                         message,
                     )
                     .await;
-                    return export_and_act(&mut run, &plan, ReleaseAction::Upgrade, tree).await;
+                    return export_and_act(&mut run, &plan, Step::Upgrade, tree).await;
                 }
             }
             in_sync_status(&mut run, &history, &state);
             run.save().await?;
             Ok(Action::requeue(settings.sync_interval))
         }
-        ReleaseAction::Conflict(message) => {
+        Step::Conflict(message) => {
             run.status.release_status = None;
             run.status.revision = None;
             run.blocked(
@@ -487,7 +489,7 @@ async fn apply<H: Helm>(
             .await?;
             Ok(Action::requeue(settings.sync_interval))
         }
-        ReleaseAction::Unlock => {
+        Step::Unlock => {
             let Some(latest) = history.latest() else {
                 return Ok(Action::requeue(Duration::from_secs(1)));
             };
@@ -501,8 +503,8 @@ async fn apply<H: Helm>(
                 .await;
             Ok(Action::requeue(Duration::from_millis(100)))
         }
-        ReleaseAction::Rollback(_) => act(&mut run, &plan, action, None).await,
-        action => export_and_act(&mut run, &plan, action, tree).await,
+        Step::Rollback(_) => act(&mut run, &plan, step, None).await,
+        step => export_and_act(&mut run, &plan, step, tree).await,
     }
 }
 
@@ -511,11 +513,11 @@ async fn apply<H: Helm>(
 async fn export_and_act<H: Helm>(
     run: &mut Run<'_, H>,
     plan: &Plan<'_>,
-    action: ReleaseAction,
+    step: Step,
     tree: fhr_git::ObjectId,
 ) -> Result<Action, Error> {
     match run.ctx.charts.chart_dir(plan.snapshot, tree).await {
-        Ok(chart_dir) => act(run, plan, action, Some(&chart_dir)).await,
+        Ok(chart_dir) => act(run, plan, step, Some(&chart_dir)).await,
         Err(e) => {
             let message = format!("chart {:?} refused: {e}", plan.desired.chart_path);
             run.blocked(
@@ -540,7 +542,7 @@ async fn drift<H: Helm>(
     release: &str,
     revision: i64,
     digest: &str,
-) -> Vec<drift::Drifted> {
+) -> Vec<fhr_release::drift::Drifted> {
     let ctx = run.ctx;
     let manifest = match storage::manifest(&ctx.client, namespace, release, revision).await {
         Ok(manifest) => manifest,
@@ -562,7 +564,7 @@ async fn drift<H: Helm>(
             return Vec::new();
         }
     };
-    let (act_on, ignored) = drift::triage(&mut run.status.drift, digest, found);
+    let (act_on, ignored) = fhr_release::drift::triage(&mut run.status.drift, digest, found);
     if !ignored.is_empty() {
         warn!(fields = ?ignored, "drift that an upgrade did not correct (something else keeps changing these values); ignoring it until the chart or values change");
     }
@@ -581,14 +583,14 @@ struct Plan<'a> {
     redactor: &'a Redactor,
 }
 
-fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &decide::ReleaseState) {
+fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &ReleaseState) {
     let Some(latest) = history.latest() else {
         return;
     };
     run.status.release_status = Some(latest.status.to_string());
     run.status.revision = Some(latest.number);
     run.condition(condition::RECONCILING, None);
-    if *state == decide::ReleaseState::RolledBack {
+    if *state == ReleaseState::RolledBack {
         let message = format!(
             "upgrade failed and release {} was rolled back to revision {}; waiting for a change in git or the spec",
             run.status.release_name.as_deref().unwrap_or_default(),
@@ -621,16 +623,16 @@ fn in_sync_status<H: Helm>(run: &mut Run<'_, H>, history: &History, state: &deci
 async fn act<H: Helm>(
     run: &mut Run<'_, H>,
     plan: &Plan<'_>,
-    action: ReleaseAction,
+    step: Step,
     chart_dir: Option<&std::path::Path>,
 ) -> Result<Action, Error> {
     let ctx = run.ctx;
     let release = plan.desired.release.as_str();
-    let (verb, ok_reason, failed_reason) = match action {
-        ReleaseAction::Install | ReleaseAction::Reinstall => {
+    let (verb, ok_reason, failed_reason) = match step {
+        Step::Install | Step::Reinstall => {
             ("install", reason::INSTALL_SUCCEEDED, reason::INSTALL_FAILED)
         }
-        ReleaseAction::Rollback(_) => ("rollback", reason::ROLLED_BACK, reason::ROLLBACK_FAILED),
+        Step::Rollback(_) => ("rollback", reason::ROLLED_BACK, reason::ROLLBACK_FAILED),
         _ => ("upgrade", reason::UPGRADE_SUCCEEDED, reason::UPGRADE_FAILED),
     };
     let progress = format!("running helm {verb} for release {release}");
@@ -640,8 +642,8 @@ async fn act<H: Helm>(
     );
     run.save().await?;
 
-    let outcome = match action {
-        ReleaseAction::Rollback(revision) => {
+    let outcome = match step {
+        Step::Rollback(revision) => {
             let request = helm::Rollback {
                 release,
                 namespace: plan.namespace,
@@ -652,10 +654,10 @@ async fn act<H: Helm>(
             };
             timed(ctx, "rollback", ctx.helm.rollback(&request)).await
         }
-        ref action => {
+        ref step => {
             // A failed first install must go before a new install can succeed.
-            let removed = match action {
-                ReleaseAction::Reinstall => {
+            let removed = match step {
+                Step::Reinstall => {
                     timed(
                         ctx,
                         "uninstall",
@@ -687,14 +689,14 @@ async fn act<H: Helm>(
     match outcome {
         Ok(()) => {
             let revision = run.status.revision.unwrap_or_default();
-            let message = match action {
-                ReleaseAction::Rollback(to) => format!(
+            let message = match step {
+                Step::Rollback(to) => format!(
                     "upgrade failed; release {release} rolled back to revision {to} (now revision {revision}); waiting for a change in git or the spec"
                 ),
                 _ => format!("helm {verb} succeeded: release {release} is at revision {revision}"),
             };
             run.status.failures = None;
-            if matches!(action, ReleaseAction::Rollback(_)) {
+            if matches!(step, Step::Rollback(_)) {
                 run.status.failures = Some(run.status.failures.unwrap_or(0) + 1);
                 run.condition(
                     condition::RELEASED,
@@ -747,14 +749,14 @@ async fn explain<H: Helm>(
     error: &HelmError,
 ) -> String {
     let text = error.to_string();
-    let Some(unserved) = explain::unserved_kind(&text) else {
+    let Some(unserved) = fhr_release::explain::unserved_kind(&text) else {
         return text;
     };
     let templates = chart_dir
-        .map(|dir| explain::templates_declaring(dir, &unserved))
+        .map(|dir| fhr_release::explain::templates_declaring(dir, &unserved))
         .unwrap_or_default();
-    let served = explain::served_versions(&ctx.client, &unserved.kind).await;
-    explain::describe(&unserved, &templates, &served)
+    let served = crate::explain::served_versions(&ctx.client, &unserved.kind).await;
+    fhr_release::explain::describe(&unserved, &templates, &served)
 }
 
 async fn upgrade<H: Helm>(
@@ -763,7 +765,7 @@ async fn upgrade<H: Helm>(
     chart_dir: &std::path::Path,
     verb: &'static str,
 ) -> Result<(), HelmError> {
-    let labels = storage::labels(plan.me, plan.digest);
+    let labels = record::labels(plan.me, plan.digest);
     let request = helm::Upgrade {
         release: &plan.desired.release,
         namespace: plan.namespace,
@@ -811,7 +813,7 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     };
     let _release_lock = ctx.locks.lock(&namespace, &release).await;
     let history = storage::history(&ctx.client, &namespace, &release).await?;
-    let me = storage::owner(&namespace, &fhr.name_any());
+    let me = record::owner(&namespace, &fhr.name_any());
     let ours = history
         .latest()
         .is_some_and(|r| r.owner.as_ref() == Some(&me));
@@ -827,9 +829,10 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
             }
         }
     };
-    let timeout = desired::desired(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
-        .map(|d| d.timeout)
-        .unwrap_or(ctx.settings.default_timeout);
+    let timeout =
+        Desired::from_resource(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
+            .map(|d| d.timeout)
+            .unwrap_or(ctx.settings.default_timeout);
     match timed(
         ctx,
         "uninstall",
@@ -870,9 +873,9 @@ fn claims(
     me: &FluxHelmRelease,
     namespace: &str,
     release: &str,
-) -> Vec<decide::Claim> {
-    let claim = |fhr: &FluxHelmRelease| decide::Claim {
-        owner: storage::owner(namespace, &fhr.name_any()),
+) -> Vec<state::Claim> {
+    let claim = |fhr: &FluxHelmRelease| state::Claim {
+        owner: record::owner(namespace, &fhr.name_any()),
         created: fhr
             .metadata
             .creation_timestamp
@@ -880,7 +883,7 @@ fn claims(
             .map(|t| t.0.as_second()),
         deleting: fhr.metadata.deletion_timestamp.is_some(),
     };
-    let mut claims: Vec<decide::Claim> = store
+    let mut claims: Vec<state::Claim> = store
         .state()
         .iter()
         .filter(|fhr| fhr.namespace().as_deref() == Some(namespace))

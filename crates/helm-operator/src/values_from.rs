@@ -2,6 +2,7 @@
 //! merged in order, with `spec.values` on top. Values that came from a Secret are remembered so
 //! that no message ever repeats them.
 
+use fhr_release::values_file::{Redactor, parse};
 use fhr_types::values::merge_into;
 use fhr_types::{FluxHelmRelease, KeyRef};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -10,16 +11,16 @@ use serde_json::{Map, Value};
 
 /// The key read when a reference names none.
 pub const DEFAULT_KEY: &str = "values.yaml";
-/// Shorter Secret values are not redacted from messages: they would blank out ordinary words.
-const MIN_REDACTED_LEN: usize = 4;
 
 /// Why the sources could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A required object or key is missing, or its content is not a values map: the user fixes it.
+    #[error("{0}")]
     Invalid(String),
     /// The API could not be asked.
-    Api(kube::Error),
+    #[error("reading valuesFrom sources: {0}")]
+    Api(#[source] kube::Error),
 }
 
 /// The merged values and what must never appear in a message.
@@ -29,38 +30,6 @@ pub struct Resolved {
     pub values: Map<String, Value>,
     /// Every string value read from a Secret.
     pub secrets: Redactor,
-}
-
-/// Replaces secret values in text.
-#[derive(Debug, Default, Clone)]
-pub struct Redactor {
-    values: Vec<String>,
-}
-
-impl Redactor {
-    /// `text` with every known secret value replaced by `***`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for value in &self.values {
-            text = text.replace(value.as_str(), "***");
-        }
-        text
-    }
-
-    fn collect(&mut self, value: &Value) {
-        match value {
-            Value::String(s) if s.len() >= MIN_REDACTED_LEN => self.values.push(s.clone()),
-            Value::Number(n) if n.to_string().len() >= MIN_REDACTED_LEN => {
-                self.values.push(n.to_string())
-            }
-            Value::Array(items) => items.iter().for_each(|v| self.collect(v)),
-            Value::Object(map) => map.values().for_each(|v| self.collect(v)),
-            _ => {}
-        }
-        // Longest first, so that a value containing another is replaced whole.
-        self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        self.values.dedup();
-    }
 }
 
 /// Reads every source of `fhr` and merges them under `values` (the tree of `spec.values`).
@@ -87,7 +56,7 @@ pub async fn resolve(
         let tree =
             parse(&text).map_err(|problem| SourceError::Invalid(format!("{what}: {problem}")))?;
         if is_secret {
-            resolved.secrets.collect(&Value::Object(tree.clone()));
+            resolved.secrets.remember(&Value::Object(tree.clone()));
         }
         merge_into(&mut resolved.values, tree);
     }
@@ -145,51 +114,5 @@ fn missing_or<T>(
         None => Err(SourceError::Invalid(format!(
             "{what} does not exist (set optional: true to allow that)"
         ))),
-    }
-}
-
-/// A values file as a map. Errors say where, never what: the content may be secret.
-fn parse(text: &str) -> Result<Map<String, Value>, String> {
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! { max_nodes: 200_000, max_depth: 64 },
-        alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: 100_000 },
-    };
-    match serde_saphyr::from_str_with_options::<Value>(text, options) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(Value::Null) => Ok(Map::new()),
-        Ok(_) => Err("is not a YAML map of values".into()),
-        Err(e) => Err(match e.location() {
-            Some(at) => format!("is not valid YAML (line {})", at.line()),
-            None => "is not valid YAML".into(),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn values_files_parse_into_maps_and_errors_hide_the_content() {
-        assert_eq!(
-            Value::Object(parse("a:\n  b: 1\n").unwrap()),
-            json!({"a": {"b": 1}})
-        );
-        assert!(parse("").unwrap().is_empty());
-        let err = parse("password: [s3cret-canary\n").unwrap_err();
-        assert!(err.contains("line"), "{err}");
-        assert!(!err.contains("s3cret-canary"), "{err}");
-        assert_eq!(parse("- a\n").unwrap_err(), "is not a YAML map of values");
-    }
-
-    #[test]
-    fn secret_values_are_redacted_longest_first() {
-        let mut redactor = Redactor::default();
-        redactor.collect(&json!({"db": {"password": "s3cret-canary", "user": "app"}, "token": "s3cret", "port": 54321}));
-        assert_eq!(
-            redactor.redact("auth s3cret-canary failed for app on 54321 with s3cret"),
-            "auth *** failed for app on *** with ***"
-        );
     }
 }

@@ -74,6 +74,17 @@ pub fn check_chart(chart: &Path, limits: ArchiveLimits) -> Result<(), ArchiveRef
     Ok(())
 }
 
+/// Checks one archive streamed from `reader`, as [`check_chart`] checks each file: what is wrong,
+/// if anything.
+pub fn check_archive_stream(reader: impl Read, limits: ArchiveLimits) -> Result<(), String> {
+    let mut budget = Budget {
+        limits,
+        expanded: 0,
+        entries: 0,
+    };
+    check_archive(reader, 0, &mut budget)
+}
+
 fn is_archive(name: &str) -> bool {
     name.ends_with(".tgz") || name.ends_with(".tar.gz")
 }

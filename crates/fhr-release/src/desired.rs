@@ -2,7 +2,6 @@
 
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::reason;
-use kube::ResourceExt;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -55,21 +54,32 @@ pub struct Desired {
     pub suspend: bool,
 }
 
-/// Validates a resource's spec into the release it asks for.
-pub fn desired(
+impl Desired {
+    /// Validates a resource's spec into the release it asks for; `charts_path` is the repository
+    /// folder holding the charts, `default_timeout` Helm's timeout where the spec sets none.
+    pub fn from_resource(
+        fhr: &FluxHelmRelease,
+        charts_path: &str,
+        default_timeout: Duration,
+    ) -> Result<Desired, SpecError> {
+        from_resource(fhr, charts_path, default_timeout)
+    }
+}
+
+fn from_resource(
     fhr: &FluxHelmRelease,
     charts_path: &str,
     default_timeout: Duration,
 ) -> Result<Desired, SpecError> {
-    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let namespace = fhr.metadata.namespace.as_deref().unwrap_or("default");
+    let name = fhr.metadata.name.as_deref().unwrap_or_default();
     let spec = &fhr.spec;
     let chart_path = chart_path(charts_path, &spec.chart_git_path)?;
-    let release =
-        fhr_types::naming::release_name(&namespace, &fhr.name_any(), spec.release_name.as_deref())
-            .map_err(|e| SpecError {
-                reason: reason::INVALID_RELEASE_NAME,
-                message: format!("{e}; set spec.releaseName to a valid name"),
-            })?;
+    let release = fhr_types::naming::release_name(namespace, name, spec.release_name.as_deref())
+        .map_err(|e| SpecError {
+            reason: reason::INVALID_RELEASE_NAME,
+            message: format!("{e}; set spec.releaseName to a valid name"),
+        })?;
     let values = spec.values.to_tree().map_err(|e| SpecError {
         reason: reason::INVALID_VALUES,
         message: e.to_string(),
@@ -131,7 +141,7 @@ pub fn digest(chart_tree: &str, values: &Map<String, Value>) -> String {
     hash.update(serde_json::to_vec(values).expect("a JSON map serialises"));
     let digest = hash.finalize();
     // 128 bits, hex: fits a label value.
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..16])
 }
 
 #[cfg(test)]
@@ -153,7 +163,8 @@ mod tests {
 
     #[test]
     fn a_plain_spec_uses_defaults() {
-        let d = desired(&fhr(json!({"chartGitPath": "webapp"})), "charts", FIVE_MIN).unwrap();
+        let d = Desired::from_resource(&fhr(json!({"chartGitPath": "webapp"})), "charts", FIVE_MIN)
+            .unwrap();
         assert_eq!(d.release, "team-web");
         assert!(!d.adopt);
         assert_eq!(d.chart_path, "charts/webapp");
@@ -191,7 +202,7 @@ mod tests {
             ),
         ];
         for (spec, expected) in cases {
-            let err = desired(&fhr(spec.clone()), "charts", FIVE_MIN).unwrap_err();
+            let err = Desired::from_resource(&fhr(spec.clone()), "charts", FIVE_MIN).unwrap_err();
             assert_eq!(err.reason, expected, "{spec}: {}", err.message);
         }
     }
@@ -199,13 +210,13 @@ mod tests {
     #[test]
     fn the_charts_path_may_be_empty_or_nested() {
         assert_eq!(
-            desired(&fhr(json!({"chartGitPath": "a/b"})), "", FIVE_MIN)
+            Desired::from_resource(&fhr(json!({"chartGitPath": "a/b"})), "", FIVE_MIN)
                 .unwrap()
                 .chart_path,
             "a/b"
         );
         assert_eq!(
-            desired(
+            Desired::from_resource(
                 &fhr(json!({"chartGitPath": "a"})),
                 "/deploy/charts/",
                 FIVE_MIN

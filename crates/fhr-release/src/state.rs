@@ -1,5 +1,5 @@
 //! The release state machine: classify what Helm's storage says into a named state, then map each
-//! state to exactly one action. Pure: the reconciler gathers the facts, this decides.
+//! state to exactly one step. Pure: the reconciler gathers the facts, this decides.
 
 use std::fmt;
 
@@ -134,9 +134,9 @@ pub enum ReleaseState {
     InSync,
 }
 
-/// What to do about it.
+/// The one step to take about a state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Step {
     /// `helm upgrade --install`.
     Install,
     /// `helm upgrade` (also how an adopted release gets our labels).
@@ -233,23 +233,29 @@ pub fn classify(facts: &Facts<'_>) -> ReleaseState {
     }
 }
 
-/// Maps a state to its one action.
-pub fn decide(state: &ReleaseState, release: &str) -> Action {
+impl ReleaseState {
+    /// The one step this state calls for, for release `release` (named in conflict messages).
+    pub fn step(&self, release: &str) -> Step {
+        step(self, release)
+    }
+}
+
+fn step(state: &ReleaseState, release: &str) -> Step {
     match state {
-        ReleaseState::Absent => Action::Install,
-        ReleaseState::OwnedByOther(owner) => Action::Conflict(format!(
+        ReleaseState::Absent => Step::Install,
+        ReleaseState::OwnedByOther(owner) => Step::Conflict(format!(
             "release {release} is managed by FluxHelmRelease {owner}; give this resource another releaseName"
         )),
-        ReleaseState::Unmanaged => Action::Conflict(format!(
+        ReleaseState::Unmanaged => Step::Conflict(format!(
             "release {release} exists and is not managed by helm-operator; set spec.releaseName: {release} explicitly to adopt it"
         )),
-        ReleaseState::Adoptable | ReleaseState::LeftByOwner(_) => Action::Upgrade,
-        ReleaseState::Locked(_) => Action::Unlock,
-        ReleaseState::FailedWithRollback(revision) => Action::Rollback(*revision),
-        ReleaseState::RolledBack => Action::Nothing,
-        ReleaseState::FailedInstall => Action::Reinstall,
-        ReleaseState::Failed | ReleaseState::OutOfSync => Action::Upgrade,
-        ReleaseState::InSync => Action::Nothing,
+        ReleaseState::Adoptable | ReleaseState::LeftByOwner(_) => Step::Upgrade,
+        ReleaseState::Locked(_) => Step::Unlock,
+        ReleaseState::FailedWithRollback(revision) => Step::Rollback(*revision),
+        ReleaseState::RolledBack => Step::Nothing,
+        ReleaseState::FailedInstall => Step::Reinstall,
+        ReleaseState::Failed | ReleaseState::OutOfSync => Step::Upgrade,
+        ReleaseState::InSync => Step::Nothing,
     }
 }
 
@@ -334,16 +340,13 @@ mod tests {
         let r = revision(1, "deployed", Some(gone.clone()), "theirs");
         let mut f = facts(&me, Some(&r));
         f.holder_left = true;
-        assert_eq!(
-            state(&f),
-            (ReleaseState::LeftByOwner(gone), Action::Upgrade)
-        );
+        assert_eq!(state(&f), (ReleaseState::LeftByOwner(gone), Step::Upgrade));
     }
 
-    fn state(facts: &Facts<'_>) -> (ReleaseState, Action) {
+    fn state(facts: &Facts<'_>) -> (ReleaseState, Step) {
         let state = classify(facts);
-        let action = decide(&state, "team-web");
-        (state, action)
+        let step = state.step("team-web");
+        (state, step)
     }
 
     #[test]
@@ -351,7 +354,7 @@ mod tests {
         let me = me();
         assert_eq!(
             state(&facts(&me, None)),
-            (ReleaseState::Absent, Action::Install)
+            (ReleaseState::Absent, Step::Install)
         );
     }
 
@@ -361,7 +364,7 @@ mod tests {
         let r = revision(3, "deployed", Some(me.clone()), "want");
         assert_eq!(
             state(&facts(&me, Some(&r))),
-            (ReleaseState::InSync, Action::Nothing)
+            (ReleaseState::InSync, Step::Nothing)
         );
     }
 
@@ -371,7 +374,7 @@ mod tests {
         let r = revision(3, "deployed", Some(me.clone()), "old");
         assert_eq!(
             state(&facts(&me, Some(&r))),
-            (ReleaseState::OutOfSync, Action::Upgrade)
+            (ReleaseState::OutOfSync, Step::Upgrade)
         );
     }
 
@@ -382,9 +385,9 @@ mod tests {
         let r = revision(4, "deployed", Some(me.clone()), "want");
         let mut f = facts(&me, Some(&r));
         f.recorded_revision = Some(3);
-        assert_eq!(state(&f), (ReleaseState::OutOfSync, Action::Upgrade));
+        assert_eq!(state(&f), (ReleaseState::OutOfSync, Step::Upgrade));
         f.recorded_revision = Some(4);
-        assert_eq!(state(&f), (ReleaseState::InSync, Action::Nothing));
+        assert_eq!(state(&f), (ReleaseState::InSync, Step::Nothing));
     }
 
     #[test]
@@ -393,11 +396,11 @@ mod tests {
         let r = revision(1, "deployed", None, "");
         let (s, a) = state(&facts(&me, Some(&r)));
         assert_eq!(s, ReleaseState::Unmanaged);
-        assert!(matches!(a, Action::Conflict(m) if m.contains("set spec.releaseName")));
+        assert!(matches!(a, Step::Conflict(m) if m.contains("set spec.releaseName")));
 
         let mut adopt = facts(&me, Some(&r));
         adopt.adopt = true;
-        assert_eq!(state(&adopt), (ReleaseState::Adoptable, Action::Upgrade));
+        assert_eq!(state(&adopt), (ReleaseState::Adoptable, Step::Upgrade));
     }
 
     #[test]
@@ -412,7 +415,7 @@ mod tests {
         f.adopt = true;
         let (s, a) = state(&f);
         assert_eq!(s, ReleaseState::OwnedByOther(other));
-        assert!(matches!(a, Action::Conflict(m) if m.contains("team/other")));
+        assert!(matches!(a, Step::Conflict(m) if m.contains("team/other")));
     }
 
     #[test]
@@ -427,7 +430,7 @@ mod tests {
             let r = revision(2, status, Some(me.clone()), "want");
             let (s, a) = state(&facts(&me, Some(&r)));
             assert!(matches!(s, ReleaseState::Locked(_)), "{status}");
-            assert_eq!(a, Action::Unlock, "{status}");
+            assert_eq!(a, Step::Unlock, "{status}");
         }
     }
 
@@ -437,7 +440,7 @@ mod tests {
         let r = revision(1, "failed", Some(me.clone()), "want");
         assert_eq!(
             state(&facts(&me, Some(&r))),
-            (ReleaseState::FailedInstall, Action::Reinstall)
+            (ReleaseState::FailedInstall, Step::Reinstall)
         );
     }
 
@@ -448,7 +451,7 @@ mod tests {
         let mut f = facts(&me, Some(&r));
         f.last_deployed = Some(1);
         f.last_attempted_digest = Some("want");
-        assert_eq!(state(&f), (ReleaseState::Failed, Action::Upgrade));
+        assert_eq!(state(&f), (ReleaseState::Failed, Step::Upgrade));
     }
 
     #[test]
@@ -461,7 +464,7 @@ mod tests {
         f.last_attempted_digest = Some("want");
         assert_eq!(
             state(&f),
-            (ReleaseState::FailedWithRollback(1), Action::Rollback(1))
+            (ReleaseState::FailedWithRollback(1), Step::Rollback(1))
         );
 
         // Helm's rollback writes revision 3 as a copy of revision 1, with revision 1's labels.
@@ -469,11 +472,11 @@ mod tests {
         let mut f = facts(&me, Some(&rolled_back));
         f.rollback_enabled = true;
         f.last_attempted_digest = Some("want");
-        assert_eq!(state(&f), (ReleaseState::RolledBack, Action::Nothing));
+        assert_eq!(state(&f), (ReleaseState::RolledBack, Step::Nothing));
 
         // A new commit or spec change (a new desired digest) tries again.
         f.desired_digest = "newer";
-        assert_eq!(state(&f), (ReleaseState::OutOfSync, Action::Upgrade));
+        assert_eq!(state(&f), (ReleaseState::OutOfSync, Step::Upgrade));
     }
 
     #[test]
@@ -484,7 +487,39 @@ mod tests {
         f.last_deployed = Some(1);
         f.rollback_enabled = true;
         f.last_attempted_digest = Some("broken");
-        assert_eq!(state(&f), (ReleaseState::Failed, Action::Upgrade));
+        assert_eq!(state(&f), (ReleaseState::Failed, Step::Upgrade));
+    }
+
+    #[test]
+    fn every_state_calls_for_exactly_one_step() {
+        let other = Owner {
+            namespace: "team".into(),
+            name: "other".into(),
+        };
+        let table = [
+            (ReleaseState::Absent, Step::Install),
+            (ReleaseState::LeftByOwner(other.clone()), Step::Upgrade),
+            (ReleaseState::Adoptable, Step::Upgrade),
+            (
+                ReleaseState::Locked(HelmStatus::parse("pending-install")),
+                Step::Unlock,
+            ),
+            (ReleaseState::FailedWithRollback(3), Step::Rollback(3)),
+            (ReleaseState::RolledBack, Step::Nothing),
+            (ReleaseState::FailedInstall, Step::Reinstall),
+            (ReleaseState::Failed, Step::Upgrade),
+            (ReleaseState::OutOfSync, Step::Upgrade),
+            (ReleaseState::InSync, Step::Nothing),
+        ];
+        for (state, expected) in table {
+            assert_eq!(state.step("team-web"), expected, "{state:?}");
+        }
+        for conflict in [ReleaseState::OwnedByOther(other), ReleaseState::Unmanaged] {
+            assert!(
+                matches!(conflict.step("team-web"), Step::Conflict(m) if m.contains("team-web")),
+                "{conflict:?}"
+            );
+        }
     }
 
     #[test]
