@@ -6,7 +6,15 @@ use anyhow::{Context, bail};
 use std::process::Command;
 
 /// Every fuzz target.
-pub const TARGETS: [&str; 4] = ["manifests", "values_names", "chart_path", "values_merge"];
+pub const TARGETS: [&str; 7] = [
+    "manifests",
+    "values_names",
+    "chart_path",
+    "values_merge",
+    "release_record",
+    "chart_archive",
+    "values_file",
+];
 
 pub fn run(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
     let targets: Vec<String> = if targets.is_empty() {
