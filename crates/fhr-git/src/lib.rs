@@ -2,14 +2,22 @@
 //!
 //! A bare repository holding a depth-1 fetch of one branch ([`Mirror`]); each fetch yields a
 //! [`Snapshot`] of the tip, from which folders are looked up, exported and read straight from the
-//! trees. gix is blocking: [`fetch`] runs it on a blocking thread with a deadline.
+//! trees. gix is blocking: [`fetch`] runs it on a blocking thread with a deadline. Both daemons
+//! take the same flags ([`GitArgs`]), run the same loop ([`Poller`]) and export the same metrics
+//! ([`GitMetrics`]).
 
+mod cli;
+mod metrics;
 mod mirror;
+mod poll;
 mod snapshot;
 mod source;
 
+pub use cli::GitArgs;
 pub use gix::ObjectId;
+pub use metrics::GitMetrics;
 pub use mirror::Mirror;
+pub use poll::{OnFetch, Poller, Turn};
 pub use snapshot::{Limits, Snapshot, TreeFile};
 pub use source::{Auth, Source};
 

@@ -1,10 +1,11 @@
 //! Runtime plumbing that flux-agent and helm-operator share, written once: command-line flags
-//! common to both, logging, the admin HTTP server and readiness, waiting for the API, shutdown.
+//! common to both, logging, the admin HTTP server and readiness, the API client, leader election,
+//! child processes and shutdown. Nothing of git or of releases: those are fhr-git's and the
+//! daemons'.
 
 pub mod admin;
 pub mod child;
 pub mod cli;
-pub mod git_metrics;
 pub mod kube;
 pub mod leader;
 pub mod logging;

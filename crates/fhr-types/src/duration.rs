@@ -66,6 +66,15 @@ pub fn parse_duration(text: &str, max: Duration) -> Result<Duration, DurationErr
     Ok(Duration::from_secs_f64(total))
 }
 
+/// Longest interval a daemon flag accepts: longer is a typo, not a wish.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Parses a daemon flag's interval such as `30s`, `5m` or `1h30m` (at most [`MAX_INTERVAL`]), as
+/// clap's `value_parser` wants it.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration(text, MAX_INTERVAL).map_err(|e| e.to_string())
+}
+
 /// Formats a duration for the `helm` CLI (`--timeout 300s`).
 pub fn to_go_duration(duration: Duration) -> String {
     format!("{}ms", duration.as_millis())

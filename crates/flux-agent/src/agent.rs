@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::state::State;
 use crate::sync::{Reapply, Report, Syncer};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use fhr_git::Mirror;
+use fhr_git::{Mirror, OnFetch, Poller, Turn};
 use fhr_runtime::{CancellationToken, Health};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ struct Schedule {
     requested: bool,
     /// The last sync failed as a whole; the next applies everything.
     sync_failed: bool,
-    /// Objects the API server refused, and when to try them again.
+    /// When to try again what failed (refused objects or a whole sync), with its backoff.
     retry: Option<(Instant, ExponentialBackoff)>,
 }
 
@@ -70,6 +70,8 @@ impl Schedule {
         if interval || self.sync_failed || (self.requested && !changed) {
             let why = if self.requested {
                 "requested"
+            } else if self.sync_failed {
+                "retrying a failed sync"
             } else {
                 "sync interval"
             };
@@ -93,97 +95,61 @@ impl Schedule {
         }
         self.requested = false;
         self.sync_failed = false;
-        self.retry = if report.apply_errors.is_empty() {
-            None
+        if report.apply_errors.is_empty() {
+            self.retry = None;
         } else {
-            let mut backoff = self.retry.take().map(|(_, b)| b).unwrap_or_else(|| {
-                ExponentialBuilder::default()
-                    .with_min_delay(MIN_APPLY_RETRY)
-                    .with_max_delay(MAX_APPLY_RETRY)
-                    .without_max_times()
-                    .build()
-            });
-            let delay = backoff.next().unwrap_or(MAX_APPLY_RETRY);
-            Some((Instant::now() + delay, backoff))
-        };
+            self.retry_later();
+        }
     }
 
-    /// How long to wait before the next fetch.
-    fn delay(&self, poll_interval: Duration, fetch_failures: u32) -> Duration {
-        let delay = if fetch_failures == 0 {
-            poll_interval
-        } else {
-            Duration::from_secs(1 << fetch_failures.min(6)).min(poll_interval)
-        };
-        match &self.retry {
-            Some((at, _)) => delay.min(at.saturating_duration_since(Instant::now())),
-            None => delay,
-        }
+    /// Records a sync that failed as a whole: the next one applies everything, after a backoff.
+    fn failed(&mut self) {
+        self.sync_failed = true;
+        self.retry_later();
+    }
+
+    /// Schedules the next try after the next delay of the backoff (1 s doubling to 30 s).
+    fn retry_later(&mut self) {
+        let mut backoff = self.retry.take().map(|(_, b)| b).unwrap_or_else(|| {
+            ExponentialBuilder::default()
+                .with_min_delay(MIN_APPLY_RETRY)
+                .with_max_delay(MAX_APPLY_RETRY)
+                .without_max_times()
+                .build()
+        });
+        let delay = backoff.next().unwrap_or(MAX_APPLY_RETRY);
+        self.retry = Some((Instant::now() + delay, backoff));
+    }
+
+    /// How long until refused objects are due for another try, if any are.
+    fn retry_in(&self) -> Option<Duration> {
+        self.retry
+            .as_ref()
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 }
 
 impl Agent {
-    /// Runs until shutdown.
+    /// Runs until shutdown: the shared poll loop fetches, this syncs.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut schedule = Schedule {
-            last_commit: None,
-            last_full_sync: None,
-            requested: true,
-            sync_failed: false,
-            retry: None,
+        let poller = Poller {
+            mirror: self.mirror.clone(),
+            timeout: self.fetch_timeout,
+            interval: self.poll_interval,
+            metrics: self.metrics.git.clone(),
+            wake: self.trigger.clone(),
         };
-        let mut fetch_failures: u32 = 0;
-        loop {
-            let started = Instant::now();
-            match fhr_git::fetch(self.mirror.clone(), self.fetch_timeout).await {
-                Ok(snapshot) => {
-                    fetch_failures = 0;
-                    let commit = snapshot.commit();
-                    self.metrics.git.fetched(
-                        Some(&commit),
-                        schedule.last_commit.as_deref(),
-                        started,
-                    );
-                    if let Some((scope, why)) = schedule.due(&commit, self.sync_interval) {
-                        let sync_started = Instant::now();
-                        match self.syncer.sync(&snapshot, scope).await {
-                            Ok(report) => {
-                                self.metrics.sync(&report, sync_started);
-                                self.log(&report, why);
-                                if let Err(e) = self.state.record(&report).await {
-                                    warn!(error = %e, "cannot record the sync in the state object");
-                                }
-                                self.report_readiness(&report);
-                                schedule.synced(commit, scope, &report);
-                            }
-                            Err(e) => {
-                                schedule.sync_failed = true;
-                                self.metrics.sync_failed(sync_started);
-                                error!(error = %e, %commit, "sync failed; retrying");
-                                self.health.set_not_ready(format!("sync failed: {e}"));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    fetch_failures += 1;
-                    self.metrics.git.fetched(None, None, started);
-                    self.metrics.not_synced();
-                    warn!(error = %e, failures = fetch_failures, "git fetch failed; the last applied state stays");
-                    self.health
-                        .set_not_ready(format!("not synced: git fetch failed: {e}"));
-                }
-            }
-            let delay = schedule.delay(self.poll_interval, fetch_failures);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.trigger.notified() => {
-                    info!("sync requested");
-                    schedule.requested = true;
-                }
-            }
-        }
+        let mut syncing = Syncing {
+            agent: &self,
+            schedule: Schedule {
+                last_commit: None,
+                last_full_sync: None,
+                requested: true,
+                sync_failed: false,
+                retry: None,
+            },
+        };
+        poller.run(shutdown.cancelled(), &mut syncing).await;
     }
 
     fn log(&self, report: &Report, why: &str) {
@@ -214,6 +180,55 @@ impl Agent {
                 report.apply_errors[0]
             ));
         }
+    }
+}
+
+/// The agent's side of the poll loop: each fetch, decide whether to sync and how much.
+struct Syncing<'a> {
+    agent: &'a Agent,
+    schedule: Schedule,
+}
+
+impl OnFetch for Syncing<'_> {
+    async fn on_fetch(&mut self, turn: Turn) -> Option<Duration> {
+        let agent = self.agent;
+        if turn.woken {
+            info!("sync requested");
+            self.schedule.requested = true;
+        }
+        match turn.fetched {
+            Ok(snapshot) => {
+                let commit = snapshot.commit();
+                if let Some((scope, why)) = self.schedule.due(&commit, agent.sync_interval) {
+                    let started = Instant::now();
+                    match agent.syncer.sync(&snapshot, scope).await {
+                        Ok(report) => {
+                            agent.metrics.sync(&report, started);
+                            agent.log(&report, why);
+                            if let Err(e) = agent.state.record(&report).await {
+                                warn!(error = %e, "cannot record the sync in the state object");
+                            }
+                            agent.report_readiness(&report);
+                            self.schedule.synced(commit, scope, &report);
+                        }
+                        Err(e) => {
+                            self.schedule.failed();
+                            agent.metrics.sync_failed(started);
+                            error!(error = %e, %commit, "sync failed; retrying");
+                            agent.health.set_not_ready(format!("sync failed: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                agent.metrics.not_synced();
+                warn!(error = %e, failures = turn.failures, "git fetch failed; the last applied state stays");
+                agent
+                    .health
+                    .set_not_ready(format!("not synced: git fetch failed: {e}"));
+            }
+        }
+        self.schedule.retry_in()
     }
 }
 
@@ -268,7 +283,7 @@ mod tests {
         let mut s = schedule();
         s.synced("a".into(), Reapply::Changed, &report(1));
         let first = s.retry.as_ref().unwrap().0;
-        assert!(s.delay(Duration::from_secs(3600), 0) <= MIN_APPLY_RETRY);
+        assert!(s.retry_in().unwrap() <= MIN_APPLY_RETRY);
         s.retry.as_mut().unwrap().0 = Instant::now() - Duration::from_millis(1);
         assert_eq!(
             s.due("a", Duration::from_secs(3600)).map(|d| d.0),
@@ -277,7 +292,7 @@ mod tests {
         s.synced("a".into(), Reapply::Changed, &report(1));
         let second = s.retry.as_ref().unwrap().0;
         assert!(second - Instant::now() > first.saturating_duration_since(Instant::now()));
-        assert!(s.delay(Duration::from_secs(3600), 0) <= MAX_APPLY_RETRY);
+        assert!(s.retry_in().unwrap() <= MAX_APPLY_RETRY);
         s.synced("a".into(), Reapply::Changed, &report(0));
         assert!(s.retry.is_none());
         assert!(s.due("a", Duration::from_secs(3600)).is_none());

@@ -1,7 +1,8 @@
 //! flux-agent's command line.
 
 use clap::Parser;
-use fhr_runtime::cli::{GitArgs, LeaderArgs, ServeArgs, parse_interval};
+use fhr_git::GitArgs;
+use fhr_runtime::cli::{LeaderArgs, ServeArgs, parse_interval};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,13 +1,14 @@
 //! flux-agent's metrics, in one place.
 
 use crate::sync::Report;
-use fhr_runtime::git_metrics::GitMetrics;
+use fhr_git::GitMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
@@ -27,8 +28,8 @@ pub struct Metrics {
     apply_errors: Gauge,
     synced: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
-    /// The fetch loop's metrics.
-    pub git: GitMetrics,
+    /// The poll loop's metrics.
+    pub git: Arc<GitMetrics>,
 }
 
 impl Metrics {
@@ -45,7 +46,7 @@ impl Metrics {
             apply_errors: Gauge::default(),
             synced: Gauge::default(),
             last_sync: Gauge::default(),
-            git: GitMetrics::new(r),
+            git: Arc::new(GitMetrics::new(r)),
         };
         r.register(
             "syncs",

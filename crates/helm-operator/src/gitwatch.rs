@@ -5,7 +5,7 @@
 //! daemons still talk only through the API server.
 
 use crate::metrics::Metrics;
-use fhr_git::{Mirror, Snapshot};
+use fhr_git::{Mirror, OnFetch, Poller, Snapshot, Turn};
 use fhr_runtime::{CancellationToken, Health};
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::{AGENT_COMMIT_ANNOTATION, AGENT_STATE_LABEL};
@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
@@ -58,75 +58,70 @@ pub struct GitWatch {
 }
 
 impl GitWatch {
-    /// Fetches every `interval` (sooner after a failure) until shutdown.
+    /// Runs the shared poll loop until shutdown, publishing what it fetches.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut previous: Option<Snapshot> = None;
-        let mut failures: u32 = 0;
-        loop {
-            let started = Instant::now();
-            match fhr_git::fetch(self.mirror.clone(), self.timeout).await {
-                Ok(snapshot) => {
-                    failures = 0;
-                    let previous_commit = previous.as_ref().map(Snapshot::commit);
-                    let commit = snapshot.commit();
-                    self.metrics
-                        .git
-                        .fetched(Some(&commit), previous_commit.as_deref(), started);
-                    if previous_commit.as_deref() != Some(commit.as_str()) {
-                        info!(%commit, "fetched a new commit");
-                        self.view.send_replace(GitView {
-                            snapshot: Some(snapshot.clone()),
-                            error: None,
-                            announced: None,
-                        });
-                        let requeue = match &previous {
-                            Some(previous) => self.changed(previous, &snapshot),
-                            // The first commit: everyone waiting for git goes now.
-                            None => self
-                                .store
-                                .state()
-                                .iter()
-                                .map(|f| ObjectRef::from_obj(&**f))
-                                .collect(),
-                        };
-                        for object in requeue {
-                            let _ = self.trigger.unbounded_send(object);
-                        }
-                        previous = Some(snapshot);
-                    } else {
-                        self.view.send_if_modified(|view| {
-                            let error = view.error.take().is_some();
-                            let announced = view.announced.take().is_some();
-                            error || announced
-                        });
+        let poller = Poller {
+            mirror: self.mirror.clone(),
+            timeout: self.timeout,
+            interval: self.interval,
+            metrics: self.metrics.git.clone(),
+            wake: self.wake.clone(),
+        };
+        let mut watch = self;
+        poller.run(shutdown.cancelled(), &mut watch).await;
+    }
+}
+
+impl OnFetch for GitWatch {
+    async fn on_fetch(&mut self, turn: Turn) -> Option<Duration> {
+        match turn.fetched {
+            Ok(snapshot) => {
+                let commit = snapshot.commit();
+                let previous_commit = turn.previous.as_ref().map(Snapshot::commit);
+                if previous_commit.as_deref() != Some(commit.as_str()) {
+                    info!(%commit, "fetched a new commit");
+                    self.view.send_replace(GitView {
+                        snapshot: Some(snapshot.clone()),
+                        error: None,
+                        announced: None,
+                    });
+                    let requeue = match &turn.previous {
+                        Some(previous) => self.changed(previous, &snapshot),
+                        // The first commit: everyone waiting for git goes now.
+                        None => self
+                            .store
+                            .state()
+                            .iter()
+                            .map(|f| ObjectRef::from_obj(&**f))
+                            .collect(),
+                    };
+                    for object in requeue {
+                        let _ = self.trigger.unbounded_send(object);
                     }
-                    self.health.set_ready();
+                } else {
+                    self.view.send_if_modified(|view| {
+                        let error = view.error.take().is_some();
+                        let announced = view.announced.take().is_some();
+                        error || announced
+                    });
                 }
-                Err(error) => {
-                    failures += 1;
-                    self.metrics.git.fetched(None, None, started);
-                    let message = error.to_string();
-                    warn!(error = %message, failures, "git fetch failed; the last fetched commit stays in use");
-                    if previous.is_none() {
-                        self.health
-                            .set_not_ready(format!("no commit fetched yet: {message}"));
-                    }
-                    self.view.send_modify(|view| view.error = Some(message));
-                }
+                self.health.set_ready();
             }
-            let delay = if failures == 0 {
-                self.interval
-            } else {
-                Duration::from_secs(1 << failures.min(6)).min(self.interval)
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.wake.notified() => {}
+            Err(error) => {
+                let message = error.to_string();
+                warn!(error = %message, failures = turn.failures, "git fetch failed; the last fetched commit stays in use");
+                if turn.previous.is_none() {
+                    self.health
+                        .set_not_ready(format!("no commit fetched yet: {message}"));
+                }
+                self.view.send_modify(|view| view.error = Some(message));
             }
         }
+        None
     }
+}
 
+impl GitWatch {
     /// Resources whose chart folder's tree differs between two commits.
     fn changed(&self, previous: &Snapshot, next: &Snapshot) -> Vec<ObjectRef<FluxHelmRelease>> {
         let mut by_path: HashMap<String, bool> = HashMap::new();

@@ -2,6 +2,7 @@
 
 mod charts;
 mod config;
+mod crd;
 mod drift;
 mod explain;
 mod gitwatch;
@@ -59,7 +60,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     let client = fhr_runtime::kube::client("helm-operator", env!("CARGO_PKG_VERSION"))
         .await
         .context("Kubernetes client configuration")?;
-    if !fhr_runtime::kube::wait_for_crd(&client, &health, &shutdown).await {
+    if !crd::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }
     // One operator acts per scope: the Lease is named after the namespace it watches, if any.
@@ -137,6 +138,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         store: reader.clone(),
         requeue: trigger_tx,
         locks: Default::default(),
+        retries: Default::default(),
         settings: reconcile::Settings {
             charts_path: config.charts_path.clone(),
             default_timeout: config.helm_timeout,

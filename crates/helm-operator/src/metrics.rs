@@ -46,8 +46,8 @@ pub struct Metrics {
     helm_seconds: Family<ActionOnly, Histogram, fn() -> Histogram>,
     releases: Family<ReadyLabels, Gauge>,
     readiness: Mutex<HashMap<String, &'static str>>,
-    /// The git fetch loop's metrics.
-    pub git: fhr_runtime::git_metrics::GitMetrics,
+    /// The poll loop's metrics.
+    pub git: std::sync::Arc<fhr_git::GitMetrics>,
 }
 
 impl Metrics {
@@ -60,9 +60,9 @@ impl Metrics {
             helm_seconds: Family::new_with_constructor(seconds_histogram),
             releases: Family::default(),
             readiness: Mutex::default(),
-            git: fhr_runtime::git_metrics::GitMetrics::new(
+            git: std::sync::Arc::new(fhr_git::GitMetrics::new(
                 registry.sub_registry_with_prefix("fhr_operator"),
-            ),
+            )),
         };
         let r = registry.sub_registry_with_prefix("fhr_operator");
         r.register(

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::status::{self, Truth, set_condition};
 use crate::storage::{self, StorageError};
 use crate::values_from::{self, SourceError};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use fhr_git::Snapshot;
 use fhr_release::desired::{self, Desired, SpecError};
 use fhr_release::record::{self, History};
@@ -66,6 +67,43 @@ pub struct Context<H: Helm> {
     pub requeue: UnboundedSender<ObjectRef<FluxHelmRelease>>,
     /// One action at a time per release.
     pub locks: ReleaseLocks,
+    /// Backoff of each resource whose reconcile failed, until one succeeds.
+    pub retries: Retries,
+}
+
+/// Per-resource backoff after failed reconciles (the API or storage unreachable): 1 s doubling to
+/// 5 minutes, jittered so that resources failing on one outage do not all return at once.
+#[derive(Default)]
+pub struct Retries {
+    by_resource: std::sync::Mutex<HashMap<ObjectRef<FluxHelmRelease>, ExponentialBackoff>>,
+}
+
+impl Retries {
+    /// The delay before retrying `resource` after one more failure.
+    fn next(&self, resource: ObjectRef<FluxHelmRelease>) -> Duration {
+        self.by_resource
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(resource)
+            .or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_secs(1))
+                    .with_max_delay(Duration::from_secs(300))
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Forgets `resource`'s failures (it reconciled).
+    fn reset(&self, resource: &ObjectRef<FluxHelmRelease>) {
+        self.by_resource
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(resource);
+    }
 }
 
 /// One lock per release (`namespace/name`): actions on a release never overlap, whichever
@@ -134,6 +172,7 @@ pub async fn reconcile<H: Helm>(
     ctx: Arc<Context<H>>,
 ) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile_started();
+    let resource = ObjectRef::from_obj(&*fhr);
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
     let api: Api<FluxHelmRelease> = Api::namespaced(ctx.client.clone(), &namespace);
     let outcome = Mutex::new(Outcome::Success);
@@ -156,6 +195,9 @@ pub async fn reconcile<H: Helm>(
             .label(),
         Err(e) => e.metric_label(),
     });
+    if result.is_ok() {
+        ctx.retries.reset(&resource);
+    }
     result
 }
 
@@ -181,20 +223,28 @@ impl Outcome {
     }
 }
 
-/// Transient errors: retry with a delay.
+/// Transient errors: retry with this resource's own backoff.
 pub fn error_policy<H: Helm>(
     fhr: Arc<FluxHelmRelease>,
     error: &Error,
-    _ctx: Arc<Context<H>>,
+    ctx: Arc<Context<H>>,
 ) -> Action {
-    warn!(namespace = %fhr.namespace().unwrap_or_default(), name = %fhr.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+    let delay = ctx.retries.next(ObjectRef::from_obj(&*fhr));
+    warn!(namespace = %fhr.namespace().unwrap_or_default(), name = %fhr.name_any(), %error, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
-/// Backoff after a failed Helm action: 10 s, 20 s, 40 s, … at most 10 minutes.
+/// Backoff after a failed Helm action, by the failures counted in status (so it survives a
+/// restart): 10 s, 20 s, 40 s, … at most 10 minutes.
 fn backoff(failures: i64) -> Duration {
-    let exponent = failures.clamp(1, 7) as u32 - 1;
-    Duration::from_secs(10 * 2u64.pow(exponent)).min(Duration::from_secs(600))
+    let max = Duration::from_secs(600);
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(10))
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+        .nth(failures.clamp(1, 64) as usize - 1)
+        .unwrap_or(max)
 }
 
 /// One reconcile's view of a resource while it builds the new status.
@@ -940,6 +990,26 @@ mod tests {
             without_commits(a),
             without_commits("chart folder \"y\" does not exist at commit 0123456789ab")
         );
+    }
+
+    #[test]
+    fn each_resource_backs_off_on_its_own_until_it_reconciles() {
+        use super::Retries;
+        use kube::runtime::reflector::ObjectRef;
+        let retries = Retries::default();
+        let a = ObjectRef::new("a").within("team");
+        let b = ObjectRef::new("b").within("team");
+        let first = retries.next(a.clone());
+        let mut last = first;
+        for _ in 0..12 {
+            last = retries.next(a.clone());
+        }
+        assert!(last > first, "{first:?} then {last:?}");
+        assert!(last <= Duration::from_secs(600), "{last:?}");
+        // Another resource starts from the beginning; a success resets.
+        assert!(retries.next(b) <= Duration::from_secs(2));
+        retries.reset(&a);
+        assert!(retries.next(a) <= Duration::from_secs(2));
     }
 
     #[test]

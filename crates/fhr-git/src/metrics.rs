@@ -1,4 +1,4 @@
-//! Metrics of the git fetch loop, the same in both daemons.
+//! Metrics of the poll loop, the same in both daemons.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -79,6 +79,11 @@ impl GitMetrics {
                 commit: commit.to_owned(),
             })
             .set(1);
-        self.last_success.set(crate::unix_now());
+        self.last_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+        );
     }
 }
