@@ -1,6 +1,7 @@
 //! The release state machine: classify what Helm's storage says into a named state, then map each
 //! state to exactly one step. Pure: the reconciler gathers the facts, this decides.
 
+use crate::drift::Drifted;
 use std::fmt;
 
 /// Helm's status of a release revision.
@@ -132,6 +133,8 @@ pub enum ReleaseState {
     OutOfSync,
     /// Deployed from exactly the desired chart and values.
     InSync,
+    /// In sync as far as Helm knows, but objects were changed or deleted by someone else.
+    Drifted(Vec<Drifted>),
 }
 
 /// The one step to take about a state.
@@ -234,6 +237,15 @@ pub fn classify(facts: &Facts<'_>) -> ReleaseState {
 }
 
 impl ReleaseState {
+    /// An in-sync release whose objects drifted is [`ReleaseState::Drifted`]; drift is looked for
+    /// only once the release is known to be in sync, so it comes after [`classify`].
+    pub fn with_drift(self, drift: Vec<Drifted>) -> ReleaseState {
+        match self {
+            ReleaseState::InSync if !drift.is_empty() => ReleaseState::Drifted(drift),
+            state => state,
+        }
+    }
+
     /// The one step this state calls for, for release `release` (named in conflict messages).
     pub fn step(&self, release: &str) -> Step {
         step(self, release)
@@ -254,7 +266,7 @@ fn step(state: &ReleaseState, release: &str) -> Step {
         ReleaseState::FailedWithRollback(revision) => Step::Rollback(*revision),
         ReleaseState::RolledBack => Step::Nothing,
         ReleaseState::FailedInstall => Step::Reinstall,
-        ReleaseState::Failed | ReleaseState::OutOfSync => Step::Upgrade,
+        ReleaseState::Failed | ReleaseState::OutOfSync | ReleaseState::Drifted(_) => Step::Upgrade,
         ReleaseState::InSync => Step::Nothing,
     }
 }
@@ -510,6 +522,13 @@ mod tests {
             (ReleaseState::Failed, Step::Upgrade),
             (ReleaseState::OutOfSync, Step::Upgrade),
             (ReleaseState::InSync, Step::Nothing),
+            (
+                ReleaseState::Drifted(vec![Drifted {
+                    object: "ConfigMap team/web".into(),
+                    fields: vec!["data.message".into()],
+                }]),
+                Step::Upgrade,
+            ),
         ];
         for (state, expected) in table {
             assert_eq!(state.step("team-web"), expected, "{state:?}");
@@ -520,6 +539,26 @@ mod tests {
                 "{conflict:?}"
             );
         }
+    }
+
+    #[test]
+    fn drift_matters_only_for_a_release_in_sync() {
+        let drift = vec![Drifted {
+            object: "ConfigMap team/web".into(),
+            fields: vec![],
+        }];
+        assert!(matches!(
+            ReleaseState::InSync.with_drift(drift.clone()),
+            ReleaseState::Drifted(_)
+        ));
+        assert_eq!(
+            ReleaseState::InSync.with_drift(vec![]),
+            ReleaseState::InSync
+        );
+        assert_eq!(
+            ReleaseState::OutOfSync.with_drift(drift),
+            ReleaseState::OutOfSync
+        );
     }
 
     #[test]

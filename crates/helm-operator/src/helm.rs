@@ -1,102 +1,44 @@
-//! Helm actions behind one trait; [`HelmCli`] runs the real `helm` binary.
+//! [`HelmCli`]: the Helm steps (`fhr_release::helm::Helm`) by the real `helm` binary, one process
+//! per action, each counted in the metrics.
 //!
 //! Every call has a deadline, its own `HELM_*_HOME` folders, and its values in a private file
 //! (mode 0600) that is removed afterwards. Values never reach argv, the environment or a log line.
 
+use crate::metrics::Metrics;
+use fhr_release::helm::{Helm, HelmError, Rollback, Upgrade};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Time given to helm beyond its own `--timeout` before the process is killed.
 const GRACE: Duration = Duration::from_secs(30);
 /// Longest error text kept from helm's stderr.
 const MAX_MESSAGE: usize = 2000;
 
-/// An install or upgrade (`helm upgrade --install`).
-#[derive(Debug)]
-pub struct Upgrade<'a> {
-    /// Release name.
-    pub release: &'a str,
-    /// Release namespace.
-    pub namespace: &'a str,
-    /// The exported chart folder.
-    pub chart_dir: &'a Path,
-    /// The merged values tree.
-    pub values: &'a Map<String, Value>,
-    /// Labels for the release record.
-    pub labels: &'a BTreeMap<String, String>,
-    /// Helm's `--timeout`.
-    pub timeout: Duration,
-    /// Helm's `--wait`.
-    pub wait: bool,
-    /// Helm's `--history-max`.
-    pub max_history: Option<i32>,
-}
-
-/// A rollback (`helm rollback`).
-#[derive(Debug)]
-pub struct Rollback<'a> {
-    /// Release name.
-    pub release: &'a str,
-    /// Release namespace.
-    pub namespace: &'a str,
-    /// Revision to restore.
-    pub revision: i64,
-    /// Helm's `--timeout`.
-    pub timeout: Duration,
-    /// Helm's `--wait`.
-    pub wait: bool,
-    /// Helm's `--no-hooks`.
-    pub disable_hooks: bool,
-}
-
-/// Why a Helm action failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum HelmError {
-    /// helm ran and failed; the message is its error output, shortened.
-    #[error("{0}")]
-    Failed(String),
-    /// helm did not finish in time and was killed.
-    #[error("helm did not finish within {0:?} and was stopped")]
-    Timeout(Duration),
-    /// helm could not be started or its values file written.
-    #[error("cannot run helm: {0}")]
-    Io(String),
-}
-
-/// The Helm actions the operator takes; a test double or another engine can stand in.
-pub trait Helm: Send + Sync + 'static {
-    /// Installs or upgrades a release.
-    fn upgrade(&self, request: &Upgrade<'_>) -> impl Future<Output = Result<(), HelmError>> + Send;
-    /// Rolls a release back to a revision.
-    fn rollback(
-        &self,
-        request: &Rollback<'_>,
-    ) -> impl Future<Output = Result<(), HelmError>> + Send;
-    /// Uninstalls a release (succeeds when it is already gone).
-    fn uninstall(
-        &self,
-        release: &str,
-        namespace: &str,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), HelmError>> + Send;
-}
-
 /// The `helm` command-line tool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HelmCli {
     binary: PathBuf,
     home: PathBuf,
     grace: Duration,
+    /// Unlocking is a compare-and-swap on Helm's storage, not a helm command.
+    client: Option<kube::Client>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl HelmCli {
-    /// Runs `binary` with its cache, config and data folders and values files under `home`.
-    pub fn new(binary: PathBuf, home: PathBuf) -> std::io::Result<HelmCli> {
+    /// Runs `binary` with its cache, config and data folders and values files under `home`;
+    /// `client` reaches Helm's storage (to unlock), `metrics` count the processes.
+    pub fn new(
+        binary: PathBuf,
+        home: PathBuf,
+        client: Option<kube::Client>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> std::io::Result<HelmCli> {
         for sub in ["cache", "config", "data", "values"] {
             std::fs::create_dir_all(home.join(sub))?;
         }
@@ -104,10 +46,27 @@ impl HelmCli {
             binary,
             home,
             grace: GRACE,
+            client,
+            metrics,
         })
     }
 
-    async fn run(&self, args: Vec<String>, timeout: Duration) -> Result<(), HelmError> {
+    /// Runs one helm process for `action` (the metric label), with a deadline.
+    async fn run(
+        &self,
+        action: &'static str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), HelmError> {
+        let started = Instant::now();
+        let result = self.run_process(args, timeout).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.helm_action(action, result.is_ok(), started);
+        }
+        result
+    }
+
+    async fn run_process(&self, args: Vec<String>, timeout: Duration) -> Result<(), HelmError> {
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(&args)
@@ -185,7 +144,12 @@ impl Helm for HelmCli {
             args.push("--history-max".into());
             args.push(max.to_string());
         }
-        let result = self.run(args, request.timeout).await;
+        let action = if request.install {
+            "install"
+        } else {
+            "upgrade"
+        };
+        let result = self.run(action, args, request.timeout).await;
         drop(values);
         result
     }
@@ -206,7 +170,7 @@ impl Helm for HelmCli {
         if request.disable_hooks {
             args.push("--no-hooks".into());
         }
-        self.run(args, request.timeout).await
+        self.run("rollback", args, request.timeout).await
     }
 
     async fn uninstall(
@@ -224,7 +188,17 @@ impl Helm for HelmCli {
             "--timeout".into(),
             fhr_types::duration::to_go_duration(timeout),
         ];
-        self.run(args, timeout).await
+        self.run("uninstall", args, timeout).await
+    }
+
+    async fn unlock(&self, release: &str, namespace: &str, revision: i64) -> Result<(), HelmError> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| HelmError::Io("no API client to reach Helm's storage".into()))?;
+        crate::storage::mark_failed(client, namespace, release, revision)
+            .await
+            .map_err(|e| HelmError::Io(e.to_string()))
     }
 }
 
@@ -263,7 +237,7 @@ mod tests {
     async fn values_files_are_private_and_removed() {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
-        let helm = HelmCli::new("helm".into(), home.path().to_owned()).unwrap();
+        let helm = HelmCli::new("helm".into(), home.path().to_owned(), None, None).unwrap();
         let mut values = Map::new();
         values.insert("password".into(), Value::String("secret".into()));
         let file = helm.values_file(&values).unwrap();
@@ -281,7 +255,7 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nsleep 30\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let mut helm = HelmCli::new(script, home.path().join("home")).unwrap();
+        let mut helm = HelmCli::new(script, home.path().join("home"), None, None).unwrap();
         helm.grace = Duration::from_millis(200);
         let err = tokio::time::timeout(
             Duration::from_secs(20),

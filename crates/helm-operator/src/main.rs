@@ -55,11 +55,16 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
-    let helm = helm::HelmCli::new(config.helm_bin.clone(), state_dir.join("helm"))?;
 
     let client = fhr_runtime::kube::client("helm-operator", env!("CARGO_PKG_VERSION"))
         .await
         .context("Kubernetes client configuration")?;
+    let helm = helm::HelmCli::new(
+        config.helm_bin.clone(),
+        state_dir.join("helm"),
+        Some(client.clone()),
+        Some(metrics.clone()),
+    )?;
     if !crd::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }

@@ -1,0 +1,304 @@
+//! Gather: everything a decision needs, read once — the validated spec, the chart at the fetched
+//! commit, the merged values, Helm's history, who may own the release, and (for a release in sync)
+//! whether its objects drifted — ending in the release's named state. Anything that stops the
+//! reconcile before a decision is a [`Blocked`], reported and never acted on.
+
+use super::{Context, Error, short};
+use crate::gitwatch::GitView;
+use crate::{drift, storage, values_from};
+use fhr_git::{ObjectId, Snapshot};
+use fhr_release::desired::{self, Desired, SpecError};
+use fhr_release::drift::Drifted;
+use fhr_release::helm::Helm;
+use fhr_release::record::{self, History};
+use fhr_release::state::{self, Claim, Facts, Owner, ReleaseState};
+use fhr_release::values_file::Redactor;
+use fhr_types::meta::reason;
+use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use serde_json::{Map, Value};
+use tokio::sync::OwnedMutexGuard;
+use tracing::warn;
+
+/// Why a reconcile stops before deciding: each is reported on the resource, and nothing is done
+/// to the release.
+#[derive(Debug)]
+pub enum Blocked {
+    /// The spec is unusable: only editing it helps (Stalled).
+    Stalled(SpecError),
+    /// No commit fetched yet.
+    GitNotSynced(String),
+    /// The chart folder is not at the fetched commit.
+    ChartNotFound(String),
+    /// A valuesFrom source is missing or unusable.
+    InvalidValuesFrom(String),
+    /// The chart folder holds something refused (found when exporting it, before any Helm step).
+    ChartRefused(String),
+    /// Another resource owns, or has the prior claim to, the release.
+    Claimed(String),
+}
+
+/// What a decision is made from.
+pub struct Gathered {
+    /// The release the spec asks for.
+    pub desired: Desired,
+    /// The release namespace.
+    pub namespace: String,
+    /// The commit the chart comes from.
+    pub snapshot: Snapshot,
+    /// The chart folder's tree at that commit.
+    pub tree: ObjectId,
+    /// The merged values.
+    pub values: Map<String, Value>,
+    /// Values from Secrets, to keep out of messages.
+    pub redactor: Redactor,
+    /// Digest of chart and values.
+    pub digest: String,
+    /// This resource, as an owner in Helm's storage.
+    pub me: Owner,
+    /// Helm's history of the release.
+    pub history: History,
+    /// The release's state.
+    pub state: ReleaseState,
+    /// The holder in storage no longer asks for the release.
+    pub holder_left: bool,
+    /// Held while this reconcile decides and acts: nothing else acts on the release meanwhile.
+    _release_lock: OwnedMutexGuard<()>,
+}
+
+/// How gathering ended.
+pub enum Gather {
+    /// Everything a decision needs.
+    Facts(Box<Gathered>),
+    /// Stopped before deciding.
+    Blocked(Blocked),
+    /// `spec.suspend`: nothing is done at all.
+    Suspended,
+}
+
+/// Gathers the facts for `fhr`; `status` is the status being built (the spec's release name is
+/// recorded, and drift's memory lives there).
+pub async fn gather<H: Helm>(
+    fhr: &FluxHelmRelease,
+    ctx: &Context<H>,
+    status: &mut FluxHelmReleaseStatus,
+) -> Result<Gather, Error> {
+    let settings = &ctx.settings;
+    let desired = match Desired::from_resource(fhr, &settings.charts_path, settings.default_timeout)
+    {
+        Ok(desired) => desired,
+        Err(e) => return Ok(Gather::Blocked(Blocked::Stalled(e))),
+    };
+    if desired.suspend {
+        return Ok(Gather::Suspended);
+    }
+    status.release_name = Some(desired.release.clone());
+
+    let git = ctx.git.borrow().clone();
+    let Some(snapshot) = git.snapshot.clone() else {
+        let message = match &git.error {
+            Some(e) => format!("no commit fetched yet: {e}"),
+            None => "no commit fetched yet".to_owned(),
+        };
+        return Ok(Gather::Blocked(Blocked::GitNotSynced(message)));
+    };
+    let Some(tree) = snapshot.tree_id(&desired.chart_path)? else {
+        return Ok(Gather::Blocked(Blocked::ChartNotFound(chart_not_found(
+            &desired, &snapshot, &git,
+        ))));
+    };
+
+    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let resolved = match values_from::resolve(&ctx.client, fhr, &namespace, &desired.values).await {
+        Ok(resolved) => resolved,
+        Err(values_from::SourceError::Api(e)) => return Err(Error::Kube(e)),
+        Err(values_from::SourceError::Invalid(message)) => {
+            return Ok(Gather::Blocked(Blocked::InvalidValuesFrom(message)));
+        }
+    };
+    let digest = desired::digest(&tree.to_string(), &resolved.values);
+    let me = record::owner(&namespace, &fhr.name_any());
+
+    let release_lock = ctx.locks.lock(&namespace, &desired.release).await;
+    // Claims are read from the watch's store: it must hold every resource before they count
+    // (immediate once the first list is in).
+    let _ = ctx.store.wait_until_ready().await;
+    let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
+    let claims = claims(&ctx.store, fhr, &namespace, &desired.release);
+    let holder = history.latest().and_then(|r| r.owner.as_ref());
+    match state::rightful(&claims, holder) {
+        Some(owner) if *owner == me => {}
+        Some(owner) => {
+            return Ok(Gather::Blocked(Blocked::Claimed(format!(
+                "release {} is claimed by FluxHelmRelease {owner}, which holds it or is older; this resource takes over only when that one leaves",
+                desired.release
+            ))));
+        }
+        None => {
+            return Ok(Gather::Blocked(Blocked::Claimed(format!(
+                "release {} is being uninstalled",
+                desired.release
+            ))));
+        }
+    }
+    let holder_left = holder.is_some_and(|h| !claims.iter().any(|c| &c.owner == h));
+    let facts = Facts {
+        me: &me,
+        adopt: desired.adopt,
+        desired_digest: &digest,
+        latest: history.latest(),
+        last_deployed: history.last_deployed(),
+        rollback_enabled: desired.rollback.enable,
+        last_attempted_digest: status.last_attempted_digest.as_deref(),
+        holder_left,
+        recorded_revision: status.revision,
+    };
+    let mut state = state::classify(&facts);
+    if state == ReleaseState::InSync
+        && let Some(latest) = history.latest()
+    {
+        let found = detect_drift(ctx, &namespace, &desired.release, latest.number).await;
+        let (act_on, ignored) = fhr_release::drift::triage(&mut status.drift, &digest, found);
+        if !ignored.is_empty() {
+            warn!(fields = ?ignored, "drift that an upgrade did not correct (something else keeps changing these values); ignoring it until the chart or values change");
+        }
+        state = state.with_drift(act_on);
+    }
+    Ok(Gather::Facts(Box::new(Gathered {
+        desired,
+        namespace,
+        snapshot,
+        tree,
+        values: resolved.values,
+        redactor: resolved.secrets,
+        digest,
+        me,
+        history,
+        state,
+        holder_left,
+        _release_lock: release_lock,
+    })))
+}
+
+impl Gathered {
+    /// Classifies again after Helm's history changed under this reconcile (an unlock), without
+    /// gathering everything again.
+    pub fn reclassify(&mut self, history: History, status: &FluxHelmReleaseStatus) {
+        let facts = Facts {
+            me: &self.me,
+            adopt: self.desired.adopt,
+            desired_digest: &self.digest,
+            latest: history.latest(),
+            last_deployed: history.last_deployed(),
+            rollback_enabled: self.desired.rollback.enable,
+            last_attempted_digest: status.last_attempted_digest.as_deref(),
+            holder_left: self.holder_left,
+            recorded_revision: status.revision,
+        };
+        self.state = state::classify(&facts);
+        self.history = history;
+    }
+}
+
+fn chart_not_found(desired: &Desired, snapshot: &Snapshot, git: &GitView) -> String {
+    let mut message = format!(
+        "chart folder {:?} does not exist at commit {}, the newest fetched",
+        desired.chart_path,
+        short(&snapshot.commit())
+    );
+    if let Some(announced) = &git.announced {
+        message.push_str(&format!(
+            "; commit {}, announced by flux-agent, is being fetched",
+            short(announced)
+        ));
+    }
+    message
+}
+
+/// Compares an in-sync release's objects with the cluster. Detection problems are logged, never
+/// fatal: the release is in sync as far as Helm knows.
+async fn detect_drift<H: Helm>(
+    ctx: &Context<H>,
+    namespace: &str,
+    release: &str,
+    revision: i64,
+) -> Vec<Drifted> {
+    let manifest = match storage::manifest(&ctx.client, namespace, release, revision).await {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            warn!(error = %e, "cannot read the release manifest to look for drift");
+            return Vec::new();
+        }
+    };
+    let check = drift::Check {
+        release_key: &format!("{namespace}/{release}"),
+        namespace,
+        revision,
+        manifest: &manifest,
+    };
+    match drift::detect(&ctx.client, &ctx.resources, &ctx.confirmed, &check).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "cannot compare the release's objects with the cluster");
+            Vec::new()
+        }
+    }
+}
+
+/// Every resource in `namespace` that asks for `release` (this one included, even before the
+/// watch has shown it), as claims for [`state::rightful`].
+pub fn claims(
+    store: &Store<FluxHelmRelease>,
+    me: &FluxHelmRelease,
+    namespace: &str,
+    release: &str,
+) -> Vec<Claim> {
+    let claim = |fhr: &FluxHelmRelease| Claim {
+        owner: record::owner(namespace, &fhr.name_any()),
+        created: fhr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        deleting: fhr.metadata.deletion_timestamp.is_some(),
+    };
+    let mut claims: Vec<Claim> = store
+        .state()
+        .iter()
+        .filter(|fhr| fhr.namespace().as_deref() == Some(namespace))
+        .filter(|fhr| fhr.name_any() != me.name_any())
+        .filter(|fhr| {
+            fhr_types::naming::release_name(
+                namespace,
+                &fhr.name_any(),
+                fhr.spec.release_name.as_deref(),
+            )
+            .is_ok_and(|name| name == release)
+        })
+        .map(|fhr| claim(fhr))
+        .collect();
+    claims.push(claim(me));
+    claims
+}
+
+/// What ChartFetched says when the chart was found.
+pub fn chart_fetched(gathered: &Gathered) -> String {
+    format!(
+        "chart {:?} at commit {}",
+        gathered.desired.chart_path,
+        short(&gathered.snapshot.commit())
+    )
+}
+
+/// The condition reason of a block.
+pub fn reason_of(blocked: &Blocked) -> &'static str {
+    match blocked {
+        Blocked::Stalled(e) => e.reason,
+        Blocked::GitNotSynced(_) => reason::GIT_NOT_SYNCED,
+        Blocked::ChartNotFound(_) => reason::CHART_NOT_FOUND,
+        Blocked::ChartRefused(_) => reason::CHART_REFUSED,
+        Blocked::InvalidValuesFrom(_) => reason::INVALID_VALUES_FROM,
+        Blocked::Claimed(_) => reason::RELEASE_CONFLICT,
+    }
+}
