@@ -3,8 +3,9 @@
 //! stays when git is unreachable.
 
 use crate::metrics::Metrics;
+use crate::plan::Reapply;
 use crate::state::State;
-use crate::sync::{Reapply, Report, Syncer};
+use crate::sync::{Report, Syncer};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use fhr_git::{Mirror, OnFetch, Poller, Turn};
 use fhr_runtime::{CancellationToken, Health};

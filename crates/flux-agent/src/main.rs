@@ -4,6 +4,7 @@ mod agent;
 mod config;
 mod http;
 mod metrics;
+mod plan;
 mod state;
 mod sync;
 
@@ -59,7 +60,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let allowed = config
         .allow_kind
         .iter()
-        .map(|k| sync::AllowedKind::parse(k))
+        .map(|k| plan::AllowedKind::parse(k))
         .collect();
     let lease = format!("flux-agent-{}", config.sync_set);
     let Some(lost) = fhr_runtime::leader::lead(
