@@ -6,12 +6,14 @@
 pub mod admin;
 pub mod child;
 pub mod cli;
+pub mod daemon;
 pub mod kube;
 pub mod leader;
 pub mod logging;
 pub mod shutdown;
 
 pub use admin::Health;
+pub use daemon::{Daemon, DaemonError};
 pub use tokio_util::sync::CancellationToken;
 
 /// Seconds since the Unix epoch, for timestamp metrics and state records.

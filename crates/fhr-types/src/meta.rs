@@ -86,6 +86,4 @@ pub mod reason {
     pub const RELEASE_CONFLICT: &str = "ReleaseConflict";
     /// Objects of an in-sync release were changed or deleted by hand (an Event; an upgrade restores them).
     pub const DRIFT_DETECTED: &str = "DriftDetected";
-    /// `spec.suspend` is true.
-    pub const SUSPENDED: &str = "Suspended";
 }

@@ -12,20 +12,18 @@ mod reconcile;
 mod status;
 mod storage;
 mod values_from;
+mod watches;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fhr_runtime::{Health, admin, shutdown};
+use fhr_runtime::{Daemon, shutdown};
 use fhr_types::FluxHelmRelease;
-use fhr_types::meta::RECONCILE_REQUEST_ANNOTATION;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
@@ -35,30 +33,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn operate(config: config::Config) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal();
-
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
-    let health = Arc::new(Health::default());
-    health.set_not_ready("starting");
-    let admin = tokio::spawn(admin::serve(
-        config.serve.listen,
-        Arc::new(registry),
-        health.clone(),
+    let mut daemon = Daemon::start(
+        "helm-operator",
+        env!("CARGO_PKG_VERSION"),
+        &config.serve,
+        config.state_dir.as_deref(),
+        registry,
         axum::Router::new(),
-        shutdown.clone(),
-    ));
-
-    // A temporary state folder lives as long as `_temporary`.
-    let (state_dir, _temporary) =
-        fhr_runtime::state_dir(config.state_dir.as_deref(), "helm-operator-")?;
+    )
+    .await?;
+    let (client, health, shutdown) = (
+        daemon.client.clone(),
+        daemon.health.clone(),
+        daemon.shutdown.clone(),
+    );
+    let state_dir = daemon.state_dir.clone();
     let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
-
-    let client = fhr_runtime::kube::client("helm-operator", env!("CARGO_PKG_VERSION"))
-        .await
-        .context("Kubernetes client configuration")?;
     let helm = helm::HelmCli::new(
         config.helm_bin.clone(),
         state_dir.join("helm"),
@@ -74,19 +68,9 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         None => "helm-operator".to_owned(),
     };
     let lease_namespace = config.namespace.as_deref().unwrap_or("default");
-    let Some(lost) = fhr_runtime::leader::lead(
-        &client,
-        &config.leader,
-        lease_namespace,
-        &lease,
-        &health,
-        &shutdown,
-    )
-    .await
-    else {
+    if !daemon.lead(&config.leader, lease_namespace, &lease).await {
         return Ok(());
-    };
-    fhr_runtime::leader::stop_when_lost(&lost, &shutdown);
+    }
     let api: Api<FluxHelmRelease> = match &config.namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
@@ -97,7 +81,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(decision_inputs, Default::default());
+        .predicate_filter(watches::decision_inputs, Default::default());
     let (view_tx, view_rx) = tokio::sync::watch::channel(gitwatch::GitView::default());
     let view_tx = Arc::new(view_tx);
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
@@ -157,21 +141,27 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         // metadata is enough to know, and keeps Secret contents out of the operator's memory.
         .watches_stream(
             watcher(
-                scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watches, &config.namespace),
+                watches::scoped::<PartialObjectMeta<ConfigMap>>(
+                    &client_for_watches,
+                    &config.namespace,
+                ),
                 watcher::Config::default(),
             )
             .default_backoff()
             .touched_objects(),
-            referencing(reader.clone(), |source| source.config_map_key_ref.as_ref()),
+            watches::referencing(reader.clone(), |source| source.config_map_key_ref.as_ref()),
         )
         .watches_stream(
             watcher(
-                scoped::<PartialObjectMeta<Secret>>(&client_for_watches, &config.namespace),
+                watches::scoped::<PartialObjectMeta<Secret>>(
+                    &client_for_watches,
+                    &config.namespace,
+                ),
                 watcher::Config::default(),
             )
             .default_backoff()
             .touched_objects(),
-            referencing(reader, |source| source.secret_key_ref.as_ref()),
+            watches::referencing(reader, |source| source.secret_key_ref.as_ref()),
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(config.workers))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -183,68 +173,5 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         })
         .await;
     tracing::info!("controller stopped");
-    health.set_not_ready("shutting down");
-    shutdown.cancel();
-    admin.await??;
-    anyhow::ensure!(
-        !lost.is_cancelled(),
-        "leadership lost; exiting to restart as a standby"
-    );
-    tracing::info!("shutdown complete");
-    Ok(())
-}
-
-/// What a reconcile decision depends on besides git and storage: the spec (generation), a
-/// reconcile request, deletion and finalizers.
-fn decision_inputs(fhr: &FluxHelmRelease) -> Option<u64> {
-    let mut hash = std::collections::hash_map::DefaultHasher::new();
-    fhr.metadata.generation.hash(&mut hash);
-    fhr.annotations()
-        .get(RECONCILE_REQUEST_ANNOTATION)
-        .hash(&mut hash);
-    fhr.metadata.deletion_timestamp.is_some().hash(&mut hash);
-    fhr.finalizers().hash(&mut hash);
-    Some(hash.finish())
-}
-
-fn scoped<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Maps a changed ConfigMap or Secret to the resources in its namespace whose `valuesFrom` names it.
-fn referencing<K: kube::Resource>(
-    store: kube::runtime::reflector::Store<FluxHelmRelease>,
-    reference: fn(&fhr_types::ValuesFromSource) -> Option<&fhr_types::KeyRef>,
-) -> impl Fn(
-    kube::core::PartialObjectMeta<K>,
-) -> Vec<kube::runtime::reflector::ObjectRef<FluxHelmRelease>>
-+ Send
-+ Sync
-+ 'static {
-    move |object| {
-        let (namespace, name) = (
-            object.metadata.namespace.unwrap_or_default(),
-            object.metadata.name.unwrap_or_default(),
-        );
-        store
-            .state()
-            .iter()
-            .filter(|fhr| fhr.metadata.namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|fhr| {
-                fhr.spec
-                    .values_from
-                    .iter()
-                    .filter_map(reference)
-                    .any(|r| r.name == name)
-            })
-            .map(|fhr| kube::runtime::reflector::ObjectRef::from_obj(&**fhr))
-            .collect()
-    }
+    Ok(daemon.finish().await?)
 }
