@@ -32,7 +32,8 @@ pub enum GitError {
     /// The URL or branch is unusable.
     #[error("git URL: {0}")]
     InvalidUrl(String),
-    /// Fetching failed (network, auth, protocol).
+    /// Fetching failed (network, auth, protocol). A string on purpose: the transport's error is
+    /// redacted of credentials before it becomes a value, and a kept source would print it whole.
     #[error("git fetch failed: {0}")]
     Fetch(String),
     /// The fetch took longer than allowed.
@@ -41,9 +42,9 @@ pub enum GitError {
     /// The branch does not exist on the remote.
     #[error("branch {0:?} not found on the remote")]
     BranchNotFound(String),
-    /// The local mirror is unusable.
+    /// The local mirror is unusable (a local error: no credentials in it, so its source is kept).
     #[error("git mirror: {0}")]
-    Repository(String),
+    Repository(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A folder does not exist at the commit.
     #[error("folder {0:?} does not exist in the repository")]
     PathNotFound(String),
@@ -71,7 +72,9 @@ pub async fn fetch(mirror: Arc<Mirror>, timeout: Duration) -> Result<Snapshot, G
     });
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(GitError::Repository(format!("fetch task failed: {join}"))),
+        Ok(Err(join)) => Err(GitError::Repository(
+            format!("fetch task failed: {join}").into(),
+        )),
         Err(_) => {
             interrupt.store(true, Ordering::Relaxed);
             Err(GitError::Timeout(timeout))

@@ -74,10 +74,10 @@ impl Mirror {
         let overrides = self.source.config_overrides();
         let options = gix::open::Options::isolated().config_overrides(overrides);
         if dir.join("HEAD").is_file() {
-            return gix::open_opts(&dir, options).map_err(|e| GitError::Repository(e.to_string()));
+            return gix::open_opts(&dir, options).map_err(|e| GitError::Repository(e.into()));
         }
-        gix::init_bare(&dir).map_err(|e| GitError::Repository(e.to_string()))?;
-        gix::open_opts(&dir, options).map_err(|e| GitError::Repository(e.to_string()))
+        gix::init_bare(&dir).map_err(|e| GitError::Repository(e.into()))?;
+        gix::open_opts(&dir, options).map_err(|e| GitError::Repository(e.into()))
     }
 
     fn fetch_once(
@@ -118,7 +118,7 @@ impl Mirror {
             .map_err(|_| GitError::BranchNotFound(branch.clone()))?;
         let commit = reference
             .peel_to_id()
-            .map_err(|e| GitError::Repository(e.to_string()))?
+            .map_err(|e| GitError::Repository(e.into()))?
             .detach();
         Snapshot::new(Arc::new(repo.into_sync()), commit)
     }

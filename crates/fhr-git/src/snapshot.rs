@@ -66,9 +66,9 @@ impl Snapshot {
         let local = repo.to_thread_local();
         let root_tree = local
             .find_commit(commit)
-            .map_err(|e| GitError::Repository(e.to_string()))?
+            .map_err(|e| GitError::Repository(e.into()))?
             .tree_id()
-            .map_err(|e| GitError::Repository(e.to_string()))?
+            .map_err(|e| GitError::Repository(e.into()))?
             .detach();
         Ok(Snapshot {
             repo,
@@ -90,10 +90,10 @@ impl Snapshot {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             let tree = repo
                 .find_tree(current)
-                .map_err(|e| GitError::Repository(e.to_string()))?;
+                .map_err(|e| GitError::Repository(e.into()))?;
             let entry = tree
                 .decode()
-                .map_err(|e| GitError::Repository(e.to_string()))?
+                .map_err(|e| GitError::Repository(e.into()))?
                 .entries
                 .iter()
                 .find(|e| e.filename == segment.as_bytes())
@@ -204,9 +204,9 @@ impl<'a> Walker<'a> {
         let entries: Vec<(EntryKind, Vec<u8>, ObjectId)> = self
             .repo
             .find_tree(tree)
-            .map_err(|e| GitError::Repository(e.to_string()))?
+            .map_err(|e| GitError::Repository(e.into()))?
             .decode()
-            .map_err(|e| GitError::Repository(e.to_string()))?
+            .map_err(|e| GitError::Repository(e.into()))?
             .entries
             .iter()
             .map(|e| (e.mode.kind(), e.filename.to_vec(), e.oid.to_owned()))

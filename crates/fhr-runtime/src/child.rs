@@ -31,7 +31,7 @@ fn forker() -> &'static Mutex<mpsc::Sender<Job>> {
 
 /// Spawns `command` so that it is killed (SIGKILL) when this process dies, and only then.
 pub async fn spawn(mut command: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-    die_with_process(&mut command);
+    die_with_forking_thread(command.as_std_mut());
     let runtime = tokio::runtime::Handle::current();
     let (reply, answer) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
@@ -49,9 +49,11 @@ pub async fn spawn(mut command: tokio::process::Command) -> std::io::Result<toki
         .map_err(|_| std::io::Error::other("the child-forking thread dropped the request"))?
 }
 
-/// Asks the kernel to SIGKILL the child when the forking thread exits.
+/// Asks the kernel to SIGKILL the child when the thread that forks it exits. Fork from a thread
+/// that lives as long as the process (as [`spawn`] does), or the child dies with that thread.
 #[allow(unsafe_code)]
-fn die_with_process(command: &mut tokio::process::Command) {
+pub fn die_with_forking_thread(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
@@ -83,7 +85,7 @@ mod tests {
         let (mut forked_here, mut supervised) = std::thread::spawn(move || {
             runtime.block_on(async {
                 let mut here = sleeper();
-                die_with_process(&mut here);
+                die_with_forking_thread(here.as_std_mut());
                 (here.spawn().unwrap(), spawn(sleeper()).await.unwrap())
             })
         })

@@ -29,20 +29,6 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// A running child process with its output in a log file; stopped when dropped.
 #[derive(Debug)]
 pub struct OwnedChild {
@@ -62,7 +48,7 @@ impl OwnedChild {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        die_with_parent(&mut command);
+        fhr_runtime::child::die_with_forking_thread(&mut command);
         let (tx, rx) = mpsc::channel();
         spawner()
             .lock()

@@ -21,6 +21,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
+    // Bad flags are refused before anything starts or is contacted.
+    let source = config.git.source().context("--git-url")?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
     let trigger = Arc::new(tokio::sync::Notify::new());
@@ -34,7 +36,6 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         routes,
     )
     .await?;
-    let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&daemon.state_dir.join("git"), source)?);
     let state_namespace = config
         .state_namespace

@@ -33,7 +33,7 @@ impl ChartCache {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || export(&snapshot, tree, &dir, &dest, &limits))
             .await
-            .map_err(|e| GitError::Repository(format!("export task failed: {e}")))?
+            .map_err(|e| GitError::Repository(e.into()))?
     }
 }
 

@@ -33,6 +33,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn operate(config: config::Config) -> anyhow::Result<()> {
+    // Bad flags are refused before anything starts or is contacted.
+    let source = config.git.source().context("--git-url")?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
     let mut daemon = Daemon::start(
@@ -50,7 +52,6 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         daemon.shutdown.clone(),
     );
     let state_dir = daemon.state_dir.clone();
-    let source = config.git.source().context("--git-url")?;
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
     let helm = helm::HelmCli::new(

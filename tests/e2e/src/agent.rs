@@ -151,6 +151,22 @@ impl AgentEnv {
         self.agent.as_ref().expect("the agent was started")
     }
 
+    /// Commits the example charts and one release `name` of chart `webapp`; the commit.
+    pub fn commit_example_release(&self, name: &str) -> String {
+        self.repo
+            .copy_dir(&fhr_testenv::examples_dir().join("charts"), "charts")
+            .unwrap();
+        self.repo
+            .write(
+                &format!("releaseconfig/{name}.yaml"),
+                self.manifest(name, "webapp"),
+            )
+            .unwrap();
+        self.repo
+            .commit("the example charts and a release")
+            .unwrap()
+    }
+
     /// A FluxHelmRelease manifest for the test's namespace.
     pub fn manifest(&self, name: &str, chart: &str) -> String {
         format!(

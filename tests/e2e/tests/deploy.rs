@@ -84,13 +84,7 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
     let cp = e2e::shared_control_plane().await;
     apply_deploy(cp).await;
     let env = AgentEnv::new("least").await;
-    env.repo
-        .copy_dir(&fhr_testenv::examples_dir().join("charts"), "charts")
-        .unwrap();
-    env.repo
-        .write("releaseconfig/web.yaml", env.manifest("web", "webapp"))
-        .unwrap();
-    env.repo.commit("charts and a release").unwrap();
+    env.commit_example_release("web");
     let agent_kubeconfig = cp
         .service_account_kubeconfig("flux-helm", "flux-agent")
         .await

@@ -288,13 +288,7 @@ async fn two_resources_asking_for_one_release_the_older_deploys_and_the_other_ta
 #[tokio::test]
 async fn a_signed_webhook_after_a_chart_only_commit_upgrades_the_release() {
     let mut env = AgentEnv::new("rw-hook").await;
-    env.repo
-        .copy_dir(&fhr_testenv::examples_dir().join("charts"), "charts")
-        .unwrap();
-    env.repo
-        .write("releaseconfig/web.yaml", env.manifest("web", "webapp"))
-        .unwrap();
-    env.repo.commit("a release and its chart").unwrap();
+    env.commit_example_release("web");
     let secret_file = env.dir.path().join("webhook-secret");
     std::fs::write(&secret_file, "hook-secret\n").unwrap();
     let secret_flag = format!("--webhook-secret-file={}", secret_file.display());
