@@ -47,6 +47,10 @@ pub struct Poller {
     pub metrics: Arc<GitMetrics>,
     /// Wakes the loop for a fetch now; wakes while a fetch runs are kept for after it.
     pub wake: Arc<Notify>,
+    /// Least time between two fetches that wake-ups started: wake-ups meanwhile are coalesced
+    /// into one fetch at the end of it, so a flood of triggers costs a fetch per interval. The
+    /// first wake-up after a quiet spell fetches at once.
+    pub min_wake_interval: Duration,
 }
 
 impl Poller {
@@ -57,7 +61,20 @@ impl Poller {
         let mut retry: Option<ExponentialBackoff> = None;
         let mut failures = 0;
         let mut woken = false;
+        let mut last_woken: Option<Instant> = None;
         loop {
+            if woken {
+                if let Some(wait) = last_woken
+                    .map(|at| self.min_wake_interval.saturating_sub(at.elapsed()))
+                    .filter(|wait| !wait.is_zero())
+                {
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                last_woken = Some(Instant::now());
+            }
             let started = Instant::now();
             let fetched = crate::fetch(self.mirror.clone(), self.timeout).await;
             let previous_commit = previous.as_ref().map(Snapshot::commit);

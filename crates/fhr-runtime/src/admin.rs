@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz`, `/readyz`, plus any routes a
-//! daemon adds (flux-agent's sync trigger and webhook).
+//! daemon adds (flux-agent's sync trigger and webhook). It faces whatever can reach the port, so
+//! connections are capped and timed out: stalled clients cannot hold it.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +11,8 @@ use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Readiness as the daemon sees it: ready once its first sync is done, not ready while waiting
@@ -48,7 +51,19 @@ struct AdminState {
     health: Arc<Health>,
 }
 
-/// Serves the admin endpoints (and `extra` routes) on `addr` until `shutdown` is cancelled.
+/// Most connections served at once: more are closed as they arrive, so a flood of idle or stalled
+/// connections cannot exhaust the daemon's file descriptors.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long a client may take to send a request's headers (also the idle time allowed between
+/// requests on a kept-alive connection) before the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection may stay open, body reads included: a client trickling a body is cut
+/// off, and a scraper simply reconnects.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves the admin endpoints (and `extra` routes) on `addr` until `shutdown` is cancelled, with
+/// at most [`MAX_CONNECTIONS`] connections, each closed after [`HEADER_READ_TIMEOUT`] without a
+/// complete request head or after [`MAX_CONNECTION_LIFETIME`].
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -57,15 +72,49 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin server listening");
-    let admin = Router::new()
+    tracing::info!(addr = %listener.local_addr()?, "admin server listening");
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { registry, health });
-    axum::serve(listener, admin.merge(extra))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .with_state(AdminState { registry, health })
+        .merge(extra);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors or a connection reset before accept: keep serving.
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin server cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    max = MAX_CONNECTIONS,
+                    "admin server full; closing new connections"
+                );
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(MAX_CONNECTION_LIFETIME, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

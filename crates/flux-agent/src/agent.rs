@@ -36,6 +36,8 @@ pub struct Agent {
     pub state: State,
     /// Wakes the loop for an immediate sync.
     pub trigger: Arc<Notify>,
+    /// Least time between two triggered fetches.
+    pub trigger_min_interval: Duration,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness.
@@ -139,6 +141,7 @@ impl Agent {
             interval: self.poll_interval,
             metrics: self.metrics.git.clone(),
             wake: self.trigger.clone(),
+            min_wake_interval: self.trigger_min_interval,
         };
         let mut syncing = Syncing {
             agent: &self,

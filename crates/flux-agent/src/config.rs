@@ -45,9 +45,15 @@ pub struct Config {
     )]
     pub allow_kind: Vec<String>,
 
-    /// File holding the shared secret that signs push webhooks (X-Hub-Signature-256).
+    /// File holding the shared secret that signs push webhooks (X-Hub-Signature-256). When set,
+    /// `POST /api/v1/sync` needs it too: the same signature, or `Authorization: Bearer <secret>`.
     #[arg(long, env = "WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+
+    /// Least time between two fetches started by sync requests or webhooks; more requests
+    /// meanwhile are coalesced into one fetch (the first after a quiet spell fetches at once).
+    #[arg(long, env = "TRIGGER_MIN_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub trigger_min_interval: Duration,
 
     /// Namespace of the agent's state object (default: the pod's namespace, else `default`).
     #[arg(long, env = "STATE_NAMESPACE")]

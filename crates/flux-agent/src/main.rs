@@ -26,7 +26,12 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
     let trigger = Arc::new(tokio::sync::Notify::new());
-    let routes = http::routes(trigger.clone(), config.webhook_secret_file.clone());
+    let routes = http::routes(
+        trigger.clone(),
+        config.webhook_secret_file.clone(),
+        &config.git.git_branch,
+        metrics.clone(),
+    );
     let mut daemon = Daemon::start(
         "flux-agent",
         env!("CARGO_PKG_VERSION"),
@@ -78,7 +83,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             Recorder::new(client, reporter),
         ),
         trigger,
-        metrics,
+        trigger_min_interval: config.trigger_min_interval,
+        metrics: metrics.clone(),
         health: daemon.health.clone(),
     };
     tracing::info!(git_url = %config.git.git_url, branch = %config.git.git_branch, paths = ?config.git_path, "flux-agent starting");

@@ -17,6 +17,12 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    endpoint: &'static str,
+    result: &'static str,
+}
+
 /// Sync counts and outcomes, and the fetch loop's metrics.
 pub struct Metrics {
     syncs: Family<ResultLabels, Counter>,
@@ -28,6 +34,7 @@ pub struct Metrics {
     apply_errors: Gauge,
     synced: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
+    trigger_requests: Family<TriggerLabels, Counter>,
     /// The poll loop's metrics.
     pub git: Arc<GitMetrics>,
 }
@@ -46,6 +53,7 @@ impl Metrics {
             apply_errors: Gauge::default(),
             synced: Gauge::default(),
             last_sync: Gauge::default(),
+            trigger_requests: Family::default(),
             git: Arc::new(GitMetrics::new(r)),
         };
         r.register(
@@ -89,7 +97,19 @@ impl Metrics {
             "Unix time of the last sync",
             m.last_sync.clone(),
         );
+        r.register(
+            "trigger_requests",
+            "Sync requests and webhooks, by endpoint and result (accepted, unauthorized, ignored)",
+            m.trigger_requests.clone(),
+        );
         m
+    }
+
+    /// Counts a request to a sync endpoint.
+    pub fn trigger_request(&self, endpoint: &'static str, result: &'static str) {
+        self.trigger_requests
+            .get_or_create(&TriggerLabels { endpoint, result })
+            .inc();
     }
 
     /// Records a finished sync.

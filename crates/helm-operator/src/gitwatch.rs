@@ -66,6 +66,8 @@ impl GitWatch {
             interval: self.interval,
             metrics: self.metrics.git.clone(),
             wake: self.wake.clone(),
+            // Announcements come at the pace of commits; this only bounds a burst of them.
+            min_wake_interval: Duration::from_secs(1),
         };
         let mut watch = self;
         poller.run(shutdown.cancelled(), &mut watch).await;

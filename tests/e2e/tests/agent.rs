@@ -390,9 +390,16 @@ async fn sync_requests_and_signed_webhooks_trigger_a_sync_and_bad_signatures_do_
         .write("releaseconfig/a.yaml", env.manifest("a", "webapp"))
         .unwrap();
     let commit = env.repo.commit("a").unwrap();
-    let (code, _) = http_request(agent.admin, "POST", "/api/v1/sync", &[], b"")
-        .await
-        .unwrap();
+    // With a secret set, a sync request needs it too (see the tenancy target for refusals).
+    let (code, _) = http_request(
+        agent.admin,
+        "POST",
+        "/api/v1/sync",
+        &[("Authorization", "Bearer hook-secret")],
+        b"",
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 202);
     env.wait_synced(&commit).await;
 

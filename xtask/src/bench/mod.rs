@@ -352,6 +352,9 @@ impl System {
                 format!("--sync-interval={recheck}"),
                 format!("--listen={agent_admin}"),
                 format!("--webhook-secret-file={}", secret.display()),
+                // The latency scenario pushes a few seconds apart: measure the pipeline, not the
+                // coalescing of a flood of triggers.
+                "--trigger-min-interval=1s".into(),
                 format!("--state-dir={}", cp.dir().join("agent").display()),
             ],
         )?;
@@ -467,10 +470,16 @@ impl System {
         let started = Instant::now();
         // Ask the agent to fetch now rather than at its next poll: this measures the system, not
         // the poll interval (which the latency scenario measures on its own).
-        let (code, _) =
-            fhr_testenv::http::request(self.agent_admin, "POST", "/api/v1/sync", &[], b"")
-                .await
-                .map_err(anyhow::Error::msg)?;
+        let token = format!("Bearer {WEBHOOK_SECRET}");
+        let (code, _) = fhr_testenv::http::request(
+            self.agent_admin,
+            "POST",
+            "/api/v1/sync",
+            &[("Authorization", &token)],
+            b"",
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(code == 202, "agent /api/v1/sync answered {code}");
         let deadline = Duration::from_secs(120) + Duration::from_secs(2) * n as u32;
         while ready.len() < n {
