@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         Task::Crd { check } => crd::run(check),
         Task::Demo { once } => demo::run(once),
         Task::Docs { check } => docs::run(check),
-        Task::Tools { force } => tools::run(force),
+        Task::Tools { force } => tools::run(force, tools::Ssh::Install),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
@@ -113,14 +113,8 @@ fn build_daemons_with(extra: &[&str]) -> anyhow::Result<()> {
     run_step(
         "build flux-agent and helm-operator",
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "flux-agent",
-                "-p",
-                "helm-operator",
-            ])
+            // Cargo's own progress shows what is compiled and how far along it is.
+            .args(["build", "-p", "flux-agent", "-p", "helm-operator"])
             .args(extra),
     )
 }

@@ -7,8 +7,19 @@ use anyhow::{Context, bail};
 use fhr_testenv::tools::{CONTROL_PLANE, HELM, ToolModule, tools_source_dir};
 use std::process::Command;
 
-pub fn run(force: bool) -> anyhow::Result<()> {
-    ensure_sshd()?;
+/// Whether the SSH server for the SSH git tests is wanted (the demo and the benchmark do not use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ssh {
+    /// Install Debian's openssh-server when missing.
+    Install,
+    /// Leave the machine as it is.
+    NotNeeded,
+}
+
+pub fn run(force: bool, ssh: Ssh) -> anyhow::Result<()> {
+    if ssh == Ssh::Install {
+        ensure_sshd()?;
+    }
     let go = which_go()?;
     for module in [CONTROL_PLANE, HELM] {
         build_module(&go, &module, force)?;

@@ -159,7 +159,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         !args.releases.is_empty() && args.releases.iter().all(|&n| n > 0),
         "--releases needs one or more positive numbers"
     );
-    crate::tools::run(false)?;
+    crate::tools::run(false, crate::tools::Ssh::NotNeeded)?;
     crate::build_daemons_with(&["--release"])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
