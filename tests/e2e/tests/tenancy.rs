@@ -80,7 +80,10 @@ async fn sync_requests_need_the_secret_and_a_flood_costs_one_fetch_per_interval(
     })
     .await;
     let total = agent.metric(fetches).await - before;
-    eprintln!("2000 triggers over {:?}: {total} fetches", started.elapsed());
+    eprintln!(
+        "2000 triggers over {:?}: {total} fetches",
+        started.elapsed()
+    );
     assert!(total <= allowed(started.elapsed()), "{total} fetches");
     assert_eq!(
         agent
