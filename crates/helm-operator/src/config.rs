@@ -39,8 +39,9 @@ pub struct Config {
     pub namespace: Option<String>,
 
     /// Namespace of flux-agent's state object, whose announced commits make the operator fetch at
-    /// once (default: the --namespace watched, or all namespaces). Announcements of another
-    /// repository only cost a fetch that finds nothing new.
+    /// once (default: the pod's namespace, where deploy/ puts both daemons; outside a pod the
+    /// --namespace watched, or all namespaces). Announcements of another repository only cost a
+    /// fetch that finds nothing new.
     #[arg(long, env = "AGENT_STATE_NAMESPACE")]
     pub agent_state_namespace: Option<String>,
 

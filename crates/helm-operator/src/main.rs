@@ -105,6 +105,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         config
             .agent_state_namespace
             .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .or_else(|| config.namespace.clone()),
         view_tx,
         wake,
