@@ -251,6 +251,14 @@ impl Daemon {
         }
     }
 
+    /// POSTs `body` with `headers` to a path of the admin server; the status code.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+        let (code, _) = fhr_testenv::http::request(self.admin, "POST", path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", self.name));
+        code
+    }
+
     /// GET a path of the admin server: (status code, body).
     pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get(self.admin, path).await

@@ -3,7 +3,7 @@
 
 use e2e::agent::{AgentEnv, SYNC_TIMEOUT};
 use e2e::{eventually, unique_name};
-use fhr_testenv::http::{hmac_sha256_hex, request as http_request};
+use fhr_testenv::http::hmac_sha256_hex;
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::{SOURCE_COMMIT_ANNOTATION, SYNC_SET_LABEL};
 use k8s_openapi::api::core::v1::Event;
@@ -391,15 +391,13 @@ async fn sync_requests_and_signed_webhooks_trigger_a_sync_and_bad_signatures_do_
         .unwrap();
     let commit = env.repo.commit("a").unwrap();
     // With a secret set, a sync request needs it too (see the tenancy target for refusals).
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/sync",
-        &[("Authorization", "Bearer hook-secret")],
-        b"",
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/sync",
+            &[("Authorization", "Bearer hook-secret")],
+            b"",
+        )
+        .await;
     assert_eq!(code, 202);
     env.wait_synced(&commit).await;
 
@@ -408,32 +406,26 @@ async fn sync_requests_and_signed_webhooks_trigger_a_sync_and_bad_signatures_do_
         .write("releaseconfig/bad.yaml", env.manifest("unsigned", "webapp"))
         .unwrap();
     let unsigned = env.repo.commit("pushed with a bad signature").unwrap();
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/webhook",
-        &[("X-Hub-Signature-256", "sha256=00ff")],
-        body,
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/webhook",
+            &[("X-Hub-Signature-256", "sha256=00ff")],
+            body,
+        )
+        .await;
     assert_eq!(code, 401);
-    let (code, _) = http_request(agent.admin, "POST", "/api/v1/webhook", &[], body)
-        .await
-        .unwrap();
+    let code = agent.post("/api/v1/webhook", &[], body).await;
     assert_eq!(code, 401);
     let syncs = agent.metric("fhr_agent_syncs_total").await;
 
     let signature = hmac_sha256_hex(b"hook-secret", body);
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/webhook",
-        &[("X-Hub-Signature-256", &format!("sha256={signature}"))],
-        body,
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/webhook",
+            &[("X-Hub-Signature-256", &format!("sha256={signature}"))],
+            body,
+        )
+        .await;
     assert_eq!(code, 202);
     env.wait_synced(&unsigned).await;
     assert_eq!(

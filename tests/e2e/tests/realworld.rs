@@ -6,7 +6,7 @@
 use e2e::agent::{AgentEnv, SYNC_TIMEOUT};
 use e2e::operator::{ACT_TIMEOUT, OperatorEnv, ready, ready_at, ready_message};
 use e2e::{Daemon, copy_fixture, eventually, unique_name};
-use fhr_testenv::http::{hmac_sha256_hex, request as http_request};
+use fhr_testenv::http::hmac_sha256_hex;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -329,15 +329,14 @@ async fn a_signed_webhook_after_a_chart_only_commit_upgrades_the_release() {
     let commit = env.repo.commit("chart only").unwrap();
     let body = br#"{"ref":"refs/heads/master"}"#;
     let signature = format!("sha256={}", hmac_sha256_hex(b"hook-secret", body));
-    let (code, _) = http_request(
-        env.agent().admin,
-        "POST",
-        "/api/v1/webhook",
-        &[("X-Hub-Signature-256", &signature)],
-        body,
-    )
-    .await
-    .unwrap();
+    let code = env
+        .agent()
+        .post(
+            "/api/v1/webhook",
+            &[("X-Hub-Signature-256", &signature)],
+            body,
+        )
+        .await;
     assert_eq!(code, 202);
     env.wait_synced(&commit).await;
     let fhr = wait_revision(2).await;

@@ -3,7 +3,7 @@
 
 use e2e::agent::{AgentEnv, SYNC_TIMEOUT};
 use e2e::eventually;
-use fhr_testenv::http::{hmac_sha256_hex, request as http_request};
+use fhr_testenv::http::hmac_sha256_hex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,9 +37,7 @@ async fn sync_requests_need_the_secret_and_a_flood_costs_one_fetch_per_interval(
         vec![("Authorization", "Bearer wrong")],
         vec![("X-Hub-Signature-256", "sha256=00ff")],
     ] {
-        let (code, _) = http_request(agent.admin, "POST", "/api/v1/sync", &headers, b"")
-            .await
-            .unwrap();
+        let code = agent.post("/api/v1/sync", &headers, b"").await;
         assert_eq!(code, 401, "{headers:?}");
     }
     assert_eq!(
@@ -51,15 +49,9 @@ async fn sync_requests_need_the_secret_and_a_flood_costs_one_fetch_per_interval(
     let token = format!("Bearer {SECRET}");
     let started = Instant::now();
     for _ in 0..2000 {
-        let (code, _) = http_request(
-            agent.admin,
-            "POST",
-            "/api/v1/sync",
-            &[("Authorization", &token)],
-            b"",
-        )
-        .await
-        .unwrap();
+        let code = agent
+            .post("/api/v1/sync", &[("Authorization", &token)], b"")
+            .await;
         assert_eq!(code, 202);
     }
     // At most one fetch per 2 s of the flood, plus the first (at once) and one coalesced at the end.
@@ -106,15 +98,13 @@ async fn bad_signatures_are_counted_and_logged_at_a_bounded_rate() {
     let body = br#"{"ref":"refs/heads/master"}"#;
     let started = Instant::now();
     for _ in 0..2000 {
-        let (code, _) = http_request(
-            agent.admin,
-            "POST",
-            "/api/v1/webhook",
-            &[("X-Hub-Signature-256", "sha256=00ff")],
-            body,
-        )
-        .await
-        .unwrap();
+        let code = agent
+            .post(
+                "/api/v1/webhook",
+                &[("X-Hub-Signature-256", "sha256=00ff")],
+                body,
+            )
+            .await;
         assert_eq!(code, 401);
     }
     let elapsed = started.elapsed();
@@ -186,32 +176,28 @@ async fn a_twenty_megabyte_push_syncs_and_pings_or_other_branches_sync_nothing()
     let commit = env.repo.commit("a release").unwrap();
 
     let ping = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/webhook",
-        &[
-            ("X-GitHub-Event", "ping"),
-            ("X-Hub-Signature-256", &signed(ping)),
-        ],
-        ping,
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/webhook",
+            &[
+                ("X-GitHub-Event", "ping"),
+                ("X-Hub-Signature-256", &signed(ping)),
+            ],
+            ping,
+        )
+        .await;
     assert_eq!(code, 200);
     let other = br#"{"ref":"refs/heads/feature"}"#;
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/webhook",
-        &[
-            ("X-GitHub-Event", "push"),
-            ("X-Hub-Signature-256", &signed(other)),
-        ],
-        other,
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/webhook",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &signed(other)),
+            ],
+            other,
+        )
+        .await;
     assert_eq!(code, 200);
     assert_eq!(
         agent
@@ -224,18 +210,16 @@ async fn a_twenty_megabyte_push_syncs_and_pings_or_other_branches_sync_nothing()
     let mut push = br#"{"ref":"refs/heads/master","padding":""#.to_vec();
     push.extend(std::iter::repeat_n(b'x', 20 << 20));
     push.extend(br#""}"#);
-    let (code, _) = http_request(
-        agent.admin,
-        "POST",
-        "/api/v1/webhook",
-        &[
-            ("X-GitHub-Event", "push"),
-            ("X-Hub-Signature-256", &signed(&push)),
-        ],
-        &push,
-    )
-    .await
-    .unwrap();
+    let code = agent
+        .post(
+            "/api/v1/webhook",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &signed(&push)),
+            ],
+            &push,
+        )
+        .await;
     assert_eq!(code, 202);
     env.wait_synced(&commit).await;
 }
