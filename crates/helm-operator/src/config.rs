@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Only FluxHelmRelease objects matching this label selector (Flux's sharding: for example
+    /// `sharding.fluxcd.io/key in (shard1)` here, `!sharding.fluxcd.io/key` on the main
+    /// instance). Each selector takes its own Lease, so shards run side by side.
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    pub watch_label_selector: Option<String>,
+
     /// Namespace of flux-agent's state object, whose announced commits make the operator fetch at
     /// once (default: the pod's namespace, where deploy/ puts both daemons; outside a pod the
     /// --namespace watched, or all namespaces). Announcements of another repository only cost a

@@ -20,10 +20,11 @@ use fhr_runtime::{Daemon, shutdown};
 use fhr_types::FluxHelmRelease;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use sha2::Digest as _;
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
@@ -63,22 +64,35 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     if !crd::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }
-    // One operator acts per scope: the Lease is named after the namespace it watches, if any.
-    let lease = match &config.namespace {
-        Some(namespace) => format!("helm-operator-{namespace}"),
-        None => "helm-operator".to_owned(),
-    };
-    let lease_namespace = config.namespace.as_deref().unwrap_or("default");
-    if !daemon.lead(&config.leader, lease_namespace, &lease).await {
-        return Ok(());
-    }
     let api: Api<FluxHelmRelease> = match &config.namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
+    let mut selected = watcher::Config::default();
+    if let Some(selector) = &config.watch_label_selector {
+        // A selector the API server cannot parse is refused now, not retried by a watch forever.
+        api.list_metadata(&ListParams::default().labels(selector).limit(1))
+            .await
+            .with_context(|| format!("--watch-label-selector {selector:?}"))?;
+        selected = selected.labels(selector);
+    }
+    // One operator acts per scope: the Lease is named after the namespace it watches, if any,
+    // and after its shard's selector, if any.
+    let mut lease = match &config.namespace {
+        Some(namespace) => format!("helm-operator-{namespace}"),
+        None => "helm-operator".to_owned(),
+    };
+    if let Some(selector) = &config.watch_label_selector {
+        let digest = sha2::Sha256::digest(selector.as_bytes());
+        lease.push_str(&format!("-shard-{}", hex::encode(&digest[..6])));
+    }
+    let lease_namespace = config.namespace.as_deref().unwrap_or("default");
+    if !daemon.lead(&config.leader, lease_namespace, &lease).await {
+        return Ok(());
+    }
     let (reader, writer) = reflector::store();
     // Status writes change the object too; only what can change a decision starts a reconcile.
-    let objects = watcher(api, watcher::Config::default())
+    let objects = watcher(api, selected)
         .default_backoff()
         .reflect(writer)
         .applied_objects()
