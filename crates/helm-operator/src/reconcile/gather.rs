@@ -13,7 +13,6 @@ use fhr_release::helm::Helm;
 use fhr_release::record::{self, History};
 use fhr_release::state::{self, Claim, Facts, Owner, ReleaseState};
 use fhr_release::values_file::Redactor;
-use fhr_types::meta::reason;
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -289,16 +288,4 @@ pub fn chart_fetched(gathered: &Gathered) -> String {
         gathered.desired.chart_path,
         short(&gathered.snapshot.commit())
     )
-}
-
-/// The condition reason of a block.
-pub fn reason_of(blocked: &Blocked) -> &'static str {
-    match blocked {
-        Blocked::Stalled(e) => e.reason,
-        Blocked::GitNotSynced(_) => reason::GIT_NOT_SYNCED,
-        Blocked::ChartNotFound(_) => reason::CHART_NOT_FOUND,
-        Blocked::ChartRefused(_) => reason::CHART_REFUSED,
-        Blocked::InvalidValuesFrom(_) => reason::INVALID_VALUES_FROM,
-        Blocked::Claimed(_) => reason::RELEASE_CONFLICT,
-    }
 }

@@ -2,7 +2,7 @@
 //! write is an action announcing itself (`Reconciling`) before a Helm run that may take minutes,
 //! so that `kubectl get` shows what is happening meanwhile.
 
-use super::gather::{Blocked, reason_of};
+use super::gather::Blocked;
 use super::{Context, Error, ResultLabel, without_commits};
 use crate::status;
 use fhr_release::actions::Told;
@@ -72,23 +72,51 @@ impl<'a, H: Helm> Report<'a, H> {
     /// Warning Event come once per problem, not at every re-check or commit.
     pub async fn blocked(&mut self, blocked: &Blocked) -> Result<(), Error> {
         self.count_as(ResultLabel::Blocked);
-        let reason = reason_of(blocked);
-        let (message, truth, companion, action) = match blocked {
+        // Per problem: its reason and message, the condition it belongs to (with that condition's
+        // status), Ready's status, and the Event's action (none while waiting for the first fetch).
+        let (reason, message, companion, truth, action) = match blocked {
             Blocked::Stalled(e) => (
+                e.reason,
                 &e.message,
+                Some((condition::STALLED, Truth::True)),
                 Truth::False,
-                Some(condition::STALLED),
-                "Validate",
+                Some("Validate"),
             ),
-            Blocked::GitNotSynced(m) => (m, Truth::Unknown, Some(condition::CHART_FETCHED), ""),
-            Blocked::ChartNotFound(m) | Blocked::ChartRefused(m) => (
+            Blocked::GitNotSynced(m) => (
+                reason::GIT_NOT_SYNCED,
                 m,
-                Truth::False,
-                Some(condition::CHART_FETCHED),
-                "FetchChart",
+                Some((condition::CHART_FETCHED, Truth::False)),
+                Truth::Unknown,
+                None,
             ),
-            Blocked::InvalidValuesFrom(m) => (m, Truth::False, None, "ReadValues"),
-            Blocked::Claimed(m) => (m, Truth::False, Some(condition::RELEASED), "Decide"),
+            Blocked::ChartNotFound(m) => (
+                reason::CHART_NOT_FOUND,
+                m,
+                Some((condition::CHART_FETCHED, Truth::False)),
+                Truth::False,
+                Some("FetchChart"),
+            ),
+            Blocked::ChartRefused(m) => (
+                reason::CHART_REFUSED,
+                m,
+                Some((condition::CHART_FETCHED, Truth::False)),
+                Truth::False,
+                Some("FetchChart"),
+            ),
+            Blocked::InvalidValuesFrom(m) => (
+                reason::INVALID_VALUES_FROM,
+                m,
+                None,
+                Truth::False,
+                Some("ReadValues"),
+            ),
+            Blocked::Claimed(m) => (
+                reason::RELEASE_CONFLICT,
+                m,
+                Some((condition::RELEASED, Truth::False)),
+                Truth::False,
+                Some("Decide"),
+            ),
         };
         let changed = !self.status.conditions.iter().any(|c| {
             c.type_ == condition::READY
@@ -96,30 +124,20 @@ impl<'a, H: Helm> Report<'a, H> {
                 && without_commits(&c.message) == without_commits(message)
         });
         match blocked {
-            Blocked::Stalled(_) => {
-                self.set(condition::RECONCILING, None);
-                self.set(condition::STALLED, Some((Truth::True, reason, message)));
-            }
-            Blocked::GitNotSynced(_) => {
-                self.set(
-                    condition::CHART_FETCHED,
-                    Some((Truth::False, reason, message)),
-                );
-            }
+            Blocked::Stalled(_) => self.set(condition::RECONCILING, None),
+            // Never show another resource's release as this one's.
             Blocked::Claimed(_) => {
-                // Never show another resource's release as this one's.
                 self.status.release_status = None;
                 self.status.revision = None;
             }
             _ => {}
         }
-        if let Some(companion) = companion.filter(|_| !matches!(blocked, Blocked::Stalled(_))) {
-            self.set(companion, Some((Truth::False, reason, message)));
+        if let Some((companion, companion_truth)) = companion {
+            self.set(companion, Some((companion_truth, reason, message)));
         }
         self.set(condition::READY, Some((truth, reason, message)));
         self.write().await?;
-        // Waiting for the first fetch is not a problem to announce.
-        if changed && !action.is_empty() {
+        if let Some(action) = action.filter(|_| changed) {
             warn!(reason, %message, "not ready");
             self.event(EventType::Warning, reason, action, message.clone())
                 .await;
