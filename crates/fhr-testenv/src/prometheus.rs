@@ -20,9 +20,46 @@ pub fn sum(body: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// Every series name a scrape serves: the samples' names, and for each declared family the names
+/// its type gives samples (a family without samples yet is still served).
+pub fn series_names(body: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in body.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let mut parts = declared.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            if !name.is_empty() {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sum;
+    use super::{series_names, sum};
+
+    #[test]
+    fn series_names_come_from_samples_and_declared_families() {
+        let names = series_names(
+            "# TYPE fhr_x counter\nfhr_x_total{a=\"b\"} 1\n# TYPE fhr_h histogram\n# TYPE fhr_g gauge\n",
+        );
+        for name in ["fhr_x_total", "fhr_h_bucket", "fhr_h_count", "fhr_g"] {
+            assert!(names.contains(name), "{name} in {names:?}");
+        }
+        assert!(!names.contains("fhr_x"));
+    }
 
     const BODY: &str = "# HELP x_total X\n# TYPE x_total counter\nx_total{action=\"install\",result=\"success\"} 3\nx_total{action=\"upgrade\",result=\"failure\"} 2\nx_total_other 7\ny 1.5\n";
 

@@ -151,6 +151,14 @@ impl AgentEnv {
         self.agent.as_ref().expect("the agent was started")
     }
 
+    /// Writes `secret` into a file (with the newline an editor leaves) and returns the agent's flag
+    /// naming it.
+    pub fn webhook_secret_flag(&self, secret: &str) -> String {
+        let file = self.dir.path().join("webhook-secret");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        format!("--webhook-secret-file={}", file.display())
+    }
+
     /// Commits the example charts and one release `name` of chart `webapp`; the commit.
     pub fn commit_example_release(&self, name: &str) -> String {
         self.repo

@@ -197,6 +197,22 @@ impl OperatorEnv {
             .collect()
     }
 
+    /// Waits until the operator has reconciled at least `count` more times than now.
+    pub async fn reconciles(&self, count: f64) {
+        let start = self
+            .operator()
+            .metric("fhr_operator_reconciles_total")
+            .await;
+        self.reconciles_since(start, count).await
+    }
+
+    /// Waits until the operator has reconciled `count` times more than `start`.
+    pub async fn reconciles_since(&self, start: f64, count: f64) {
+        self.operator()
+            .wait_metric("fhr_operator_reconciles_total", start + count)
+            .await
+    }
+
     /// Helm processes the operator has started so far.
     pub async fn helm_processes(&self) -> f64 {
         self.operator()

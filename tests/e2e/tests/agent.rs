@@ -377,9 +377,7 @@ async fn with_git_down_the_applied_state_stays_and_the_agent_recovers() {
 #[tokio::test]
 async fn sync_requests_and_signed_webhooks_trigger_a_sync_and_bad_signatures_do_not() {
     let mut env = AgentEnv::new("trigger").await;
-    let secret_file = env.dir.path().join("webhook-secret");
-    std::fs::write(&secret_file, "hook-secret\n").unwrap();
-    let secret_flag = format!("--webhook-secret-file={}", secret_file.display());
+    let secret_flag = env.webhook_secret_flag("hook-secret");
     // An hour between polls: only a trigger can explain a sync.
     env.start_agent(&["--git-poll-interval=1h", &secret_flag])
         .await;

@@ -7,19 +7,6 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
 
-/// Waits until the operator has reconciled at least `count` more times than now.
-async fn reconciles(env: &OperatorEnv, count: f64) {
-    let start = env.operator().metric("fhr_operator_reconciles_total").await;
-    reconciles_since(env, start, count).await
-}
-
-/// Waits until the operator has reconciled `count` times more than `start`.
-async fn reconciles_since(env: &OperatorEnv, start: f64, count: f64) {
-    env.operator()
-        .wait_metric("fhr_operator_reconciles_total", start + count)
-        .await
-}
-
 fn helm_install(env: &OperatorEnv, release: &str) {
     let chart = fhr_testenv::examples_dir().join("charts/webapp");
     e2e::output_ok(
@@ -63,7 +50,7 @@ async fn a_release_installed_by_hand_is_adopted_only_when_named_explicitly() {
         "{}",
         ready_message(&fhr)
     );
-    reconciles(&env, 2.0).await;
+    env.reconciles(2.0).await;
     assert_eq!(
         env.helm_history(&default_name),
         vec![(1, "deployed".to_owned())]
@@ -96,7 +83,7 @@ async fn two_resources_naming_one_release_do_not_fight() {
         ready_message(&second)
     );
     // Several re-checks of both: the release never moves.
-    reconciles(&env, 8.0).await;
+    env.reconciles(8.0).await;
     assert_eq!(env.helm_history("shared"), vec![(1, "deployed".to_owned())]);
     let first = env.api().get("first").await.unwrap();
     assert!(first.condition("Ready").is_some_and(|c| c.status == "True"));
@@ -154,7 +141,7 @@ async fn a_failed_upgrade_rolls_back_when_enabled_and_then_waits_for_a_change() 
 
     // No upgrade loop: re-checks leave the rolled-back release alone until something changes.
     let helm = env.helm_processes().await;
-    reconciles(&env, 4.0).await;
+    env.reconciles(4.0).await;
     assert_eq!(
         env.helm_processes().await,
         helm,
@@ -242,7 +229,7 @@ async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
         "values": [{"name": "message", "value": "not while suspended"}]}),
     )
     .await;
-    reconciles_since(&env, before, 1.0).await;
+    env.reconciles_since(before, 1.0).await;
     assert_eq!(
         env.helm_history("s"),
         vec![(1, "deployed".to_owned())],
@@ -265,7 +252,7 @@ async fn suspend_stops_every_action_and_an_annotation_requests_a_reconcile() {
         .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    reconciles_since(&env, before, 1.0).await;
+    env.reconciles_since(before, 1.0).await;
     assert!(env.operator().metric("fhr_operator_reconciles_total").await > before);
 }
 
@@ -649,7 +636,7 @@ async fn objects_edited_or_deleted_by_hand_are_restored_and_no_drift_runs_no_hel
     // Detection reads the cluster: re-checks of untouched objects (with the API server's
     // defaults added to them) start no Helm process.
     let helm = env.helm_processes().await;
-    reconciles(&env, 4.0).await;
+    env.reconciles(4.0).await;
     assert_eq!(
         env.helm_processes().await,
         helm,

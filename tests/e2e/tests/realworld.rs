@@ -3,7 +3,7 @@
 //! Namespaces kept beside releases, two resources asking for one release, and webhooks that must
 //! reach charts. Real control plane, real helm, real git over HTTP.
 
-use e2e::agent::{AgentEnv, SYNC_TIMEOUT};
+use e2e::agent::AgentEnv;
 use e2e::operator::{ACT_TIMEOUT, OperatorEnv, ready, ready_at, ready_message};
 use e2e::{Daemon, copy_fixture, eventually, unique_name};
 use fhr_testenv::http::hmac_sha256_hex;
@@ -11,14 +11,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// Waits until the operator has reconciled at least `count` more times than now.
-async fn reconciles(env: &OperatorEnv, count: f64) {
-    let start = env.operator().metric("fhr_operator_reconciles_total").await;
-    env.operator()
-        .wait_metric("fhr_operator_reconciles_total", start + count)
-        .await
-}
 
 /// The generated password of the zero-values release `release`, as stored.
 async fn generated_password(env: &OperatorEnv, release: &str) -> Vec<u8> {
@@ -61,11 +53,11 @@ async fn zero_values_are_not_drift_and_generated_passwords_survive_rechecks_and_
 
     // Five re-checks, then two restarts (each followed by re-checks): every one compares the
     // objects, and `""`, `false`, `{}`, `[]`, `0` and `stringData` are not hand edits.
-    reconciles(&env, 5.0).await;
+    env.reconciles(5.0).await;
     for _ in 0..2 {
         env.operator = None;
         env.start_operator(&["--charts-sync-interval=2s"]).await;
-        reconciles(&env, 3.0).await;
+        env.reconciles(3.0).await;
         assert_eq!(
             env.helm_processes().await,
             0.0,
@@ -102,7 +94,7 @@ async fn zero_values_are_not_drift_and_generated_passwords_survive_rechecks_and_
         config_map_message(&env.client, &env.namespace, "zero-zero-values").await,
         "from git"
     );
-    reconciles(&env, 3.0).await;
+    env.reconciles(3.0).await;
     assert_eq!(
         env.helm_history("zero").len(),
         2,
@@ -226,13 +218,7 @@ async fn namespaces_committed_with_releases_or_created_later_need_no_full_sync()
         },
     )
     .await;
-    eventually("the agent to be ready", SYNC_TIMEOUT, || async {
-        match agent.get("/readyz").await {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    agent.wait_ready().await;
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     assert!(namespaces.get_opt(&committed).await.unwrap().is_some());
 }
@@ -289,9 +275,7 @@ async fn two_resources_asking_for_one_release_the_older_deploys_and_the_other_ta
 async fn a_signed_webhook_after_a_chart_only_commit_upgrades_the_release() {
     let mut env = AgentEnv::new("rw-hook").await;
     env.commit_example_release("web");
-    let secret_file = env.dir.path().join("webhook-secret");
-    std::fs::write(&secret_file, "hook-secret\n").unwrap();
-    let secret_flag = format!("--webhook-secret-file={}", secret_file.display());
+    let secret_flag = env.webhook_secret_flag("hook-secret");
     // An hour between either daemon's polls: only the webhook can explain the upgrade.
     env.start_agent(&["--git-poll-interval=1h", &secret_flag])
         .await;

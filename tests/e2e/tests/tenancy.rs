@@ -12,9 +12,7 @@ const SECRET: &str = "hook-secret";
 /// An agent with a webhook secret that polls hourly: only triggers explain its fetches.
 async fn agent_with_secret(prefix: &str, extra: &[&str]) -> AgentEnv {
     let mut env = AgentEnv::new(prefix).await;
-    let secret_file = env.dir.path().join("webhook-secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let secret_flag = format!("--webhook-secret-file={}", secret_file.display());
+    let secret_flag = env.webhook_secret_flag(SECRET);
     let mut args = vec!["--git-poll-interval=1h", secret_flag.as_str()];
     args.extend_from_slice(extra);
     env.start_agent(&args).await;
