@@ -93,6 +93,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
             format!("--git-url={url}"),
             "--git-poll-interval=5s".into(),
             format!("--listen=127.0.0.1:{operator_port}"),
+            format!("--helm-engine-bin={}", cp.tools().engine.display()),
             format!("--helm-bin={}", cp.tools().helm.display()),
             format!("--state-dir={}", cp.dir().join("operator").display()),
         ],

@@ -1,10 +1,11 @@
-//! `cargo xtask tools`: build kube-apiserver, etcd and helm from the pinned Go modules under tools/.
+//! `cargo xtask tools`: build kube-apiserver, etcd, the Helm engine, helm v4 and helm v3 from
+//! the pinned Go modules under tools/ and engine/.
 //!
 //! Binaries go to a cache outside the repository (see `fhr_testenv::tools`), one folder per pin,
 //! written under a temporary name and renamed so that an interrupted build never looks complete.
 
 use anyhow::{Context, bail};
-use fhr_testenv::tools::{CONTROL_PLANE, HELM, ToolModule, tools_source_dir};
+use fhr_testenv::tools::{CONTROL_PLANE, HELM, HELM_ENGINE, ToolModule, repository_dir};
 use std::process::Command;
 
 /// Whether the SSH server for the SSH git tests is wanted (the demo and the benchmark do not use it).
@@ -21,7 +22,7 @@ pub fn run(force: bool, ssh: Ssh) -> anyhow::Result<()> {
         ensure_sshd()?;
     }
     let go = which_go()?;
-    for module in [CONTROL_PLANE, HELM] {
+    for module in [CONTROL_PLANE, HELM_ENGINE, HELM] {
         build_module(&go, &module, force)?;
     }
     Ok(())
@@ -58,7 +59,7 @@ fn build_module(go: &str, module: &ToolModule, force: bool) -> anyhow::Result<()
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let source = tools_source_dir().join(module.dir);
+    let source = repository_dir().join(module.dir);
     for (binary, package) in module.binaries {
         eprintln!(
             "building {binary} ({} {}) from the Go module proxy; a first build takes minutes",

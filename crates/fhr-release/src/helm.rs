@@ -1,5 +1,5 @@
-//! The Helm steps the operator takes, behind one trait: the `helm` CLI implements it in the
-//! operator, a resident engine can, and [`fake::FakeHelm`] does for tests. Values travel only in
+//! The Helm steps the operator takes, behind one trait: the resident Helm engine and the `helm`
+//! CLI implement it in the operator, and [`fake::FakeHelm`] does for tests. Values travel only in
 //! the request; an implementation must keep them out of argv, the environment and logs.
 
 use serde_json::{Map, Value};
@@ -29,6 +29,8 @@ pub struct Upgrade<'a> {
     pub wait: bool,
     /// Helm's `--history-max`.
     pub max_history: Option<i32>,
+    /// Values read from Secrets: an engine removes them from every message it writes.
+    pub secret_values: &'a [String],
 }
 
 /// A rollback (`helm rollback`).
@@ -48,6 +50,16 @@ pub struct Rollback<'a> {
     pub disable_hooks: bool,
 }
 
+/// The revision an install, upgrade or rollback left, when the implementation knows it without
+/// reading Helm's storage again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    /// The revision number.
+    pub revision: i64,
+    /// Helm's status of it (`deployed`, `failed`, …).
+    pub status: String,
+}
+
 /// Why a Helm step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelmError {
@@ -64,13 +76,16 @@ pub enum HelmError {
 
 /// The Helm steps the operator takes; a test double or another engine can stand in.
 pub trait Helm: Send + Sync + 'static {
-    /// Installs or upgrades a release.
-    fn upgrade(&self, request: &Upgrade<'_>) -> impl Future<Output = Result<(), HelmError>> + Send;
-    /// Rolls a release back to a revision.
+    /// Installs or upgrades a release; the revision it left, where known.
+    fn upgrade(
+        &self,
+        request: &Upgrade<'_>,
+    ) -> impl Future<Output = Result<Option<Landed>, HelmError>> + Send;
+    /// Rolls a release back to a revision; the revision it left, where known.
     fn rollback(
         &self,
         request: &Rollback<'_>,
-    ) -> impl Future<Output = Result<(), HelmError>> + Send;
+    ) -> impl Future<Output = Result<Option<Landed>, HelmError>> + Send;
     /// Uninstalls a release (succeeds when it is already gone).
     fn uninstall(
         &self,
@@ -156,7 +171,7 @@ pub mod fake {
     }
 
     impl Helm for FakeHelm {
-        async fn upgrade(&self, request: &Upgrade<'_>) -> Result<(), HelmError> {
+        async fn upgrade(&self, request: &Upgrade<'_>) -> Result<Option<Landed>, HelmError> {
             self.answer(
                 "upgrade",
                 Call::Upgrade {
@@ -166,9 +181,10 @@ pub mod fake {
                     labels: request.labels.clone(),
                 },
             )
+            .map(|()| None)
         }
 
-        async fn rollback(&self, request: &Rollback<'_>) -> Result<(), HelmError> {
+        async fn rollback(&self, request: &Rollback<'_>) -> Result<Option<Landed>, HelmError> {
             self.answer(
                 "rollback",
                 Call::Rollback {
@@ -176,6 +192,7 @@ pub mod fake {
                     revision: request.revision,
                 },
             )
+            .map(|()| None)
         }
 
         async fn uninstall(

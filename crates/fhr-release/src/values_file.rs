@@ -23,6 +23,11 @@ impl Redactor {
         text
     }
 
+    /// The secret values, longest first (for a Helm engine to redact its own messages).
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
+
     /// Remembers every string (and long number) in `value` as secret.
     pub fn remember(&mut self, value: &Value) {
         match value {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub struct ToolModule {
     /// Short name, used in the cache folder name.
     pub name: &'static str,
-    /// Folder under `tools/` holding `go.mod`.
+    /// Folder of the repository holding `go.mod`.
     pub dir: &'static str,
     /// The module whose version names the cache folder.
     pub versioned_module: &'static str,
@@ -29,7 +29,7 @@ pub struct ToolModule {
 /// The control plane: kube-apiserver and the etcd it pins.
 pub const CONTROL_PLANE: ToolModule = ToolModule {
     name: "kube-apiserver",
-    dir: "controlplane",
+    dir: "tools/controlplane",
     versioned_module: "k8s.io/kubernetes",
     binaries: &[
         ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
@@ -49,10 +49,35 @@ pub const CONTROL_PLANE: ToolModule = ToolModule {
     ],
 };
 
-/// The helm CLI.
+/// The Helm engine the operator runs, and the helm (v4) CLI of the same pinned SDK: the CLI
+/// fallback, and what tests read Helm's storage with as a user would.
+pub const HELM_ENGINE: ToolModule = ToolModule {
+    name: "helm-engine",
+    dir: "engine",
+    versioned_module: "helm.sh/helm/v4",
+    binaries: &[
+        ("fhr-helm-engine", "."),
+        ("helm", "helm.sh/helm/v4/cmd/helm"),
+    ],
+    stamps: &[
+        ("helm.sh/helm/v4/internal/version.version", "{version}"),
+        ("helm.sh/helm/v4/internal/version.gitTreeState", "clean"),
+    ],
+    sources: &[
+        include_str!("../../../engine/go.mod"),
+        include_str!("../../../engine/go.sum"),
+        include_str!("../../../engine/main.go"),
+        include_str!("../../../engine/protocol.go"),
+        include_str!("../../../engine/actions.go"),
+        include_str!("../../../engine/cluster.go"),
+        include_str!("../../../engine/charts.go"),
+    ],
+};
+
+/// The helm v3 CLI: users still run it, so tests check it reads what the operator writes.
 pub const HELM: ToolModule = ToolModule {
     name: "helm",
-    dir: "helm",
+    dir: "tools/helm",
     versioned_module: "helm.sh/helm/v3",
     binaries: &[("helm", "helm.sh/helm/v3/cmd/helm")],
     stamps: &[
@@ -131,9 +156,9 @@ pub fn cache_root() -> PathBuf {
     PathBuf::from(home).join(".cache").join("flux-helm")
 }
 
-/// The tools folder of this repository (holding the pinned Go modules).
-pub fn tools_source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools")
+/// The root of this repository (the Go modules' `dir`s are relative to it).
+pub fn repository_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A binary the tests need is missing.
@@ -158,23 +183,35 @@ pub struct Tools {
     pub kube_apiserver: PathBuf,
     /// `etcd`.
     pub etcd: PathBuf,
-    /// `helm`.
+    /// `helm` (v4, the operator's `--helm-engine=cli`).
     pub helm: PathBuf,
+    /// `helm` v3, for compatibility checks.
+    pub helm3: PathBuf,
+    /// `fhr-helm-engine`.
+    pub engine: PathBuf,
 }
 
 impl Tools {
-    /// Finds every binary, honouring `KUBEBUILDER_ASSETS` and `HELM_BIN`; an error names what is missing.
+    /// Finds every binary, honouring `KUBEBUILDER_ASSETS`, `HELM_BIN`, `HELM3_BIN` and
+    /// `HELM_ENGINE_BIN`; an error names what is missing.
     pub fn locate() -> Result<Tools, MissingTool> {
         let assets = std::env::var_os("KUBEBUILDER_ASSETS")
             .map(PathBuf::from)
             .unwrap_or_else(|| CONTROL_PLANE.cache_dir());
-        let helm = std::env::var_os("HELM_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| HELM.cache_dir().join("helm"));
+        let from_env = |variable: &str, default: PathBuf| {
+            std::env::var_os(variable)
+                .map(PathBuf::from)
+                .unwrap_or(default)
+        };
         let tools = Tools {
             kube_apiserver: assets.join("kube-apiserver"),
             etcd: assets.join("etcd"),
-            helm,
+            helm: from_env("HELM_BIN", HELM_ENGINE.cache_dir().join("helm")),
+            helm3: from_env("HELM3_BIN", HELM.cache_dir().join("helm")),
+            engine: from_env(
+                "HELM_ENGINE_BIN",
+                HELM_ENGINE.cache_dir().join("fhr-helm-engine"),
+            ),
         };
         for (binary, path, hint) in [
             (
@@ -184,6 +221,8 @@ impl Tools {
             ),
             ("etcd", &tools.etcd, "KUBEBUILDER_ASSETS"),
             ("helm", &tools.helm, "HELM_BIN"),
+            ("helm v3", &tools.helm3, "HELM3_BIN"),
+            ("fhr-helm-engine", &tools.engine, "HELM_ENGINE_BIN"),
         ] {
             if !path.is_file() {
                 return Err(MissingTool {
@@ -194,6 +233,14 @@ impl Tools {
             }
         }
         Ok(tools)
+    }
+
+    /// helm-operator's flags that name the Helm engine and the helm CLI.
+    pub fn operator_flags(&self) -> [String; 2] {
+        [
+            format!("--helm-engine-bin={}", self.engine.display()),
+            format!("--helm-bin={}", self.helm.display()),
+        ]
     }
 }
 
@@ -209,6 +256,11 @@ mod tests {
             CONTROL_PLANE.version()
         );
         assert!(HELM.version().starts_with("v3."), "{}", HELM.version());
+        assert!(
+            HELM_ENGINE.version().starts_with("v4."),
+            "{}",
+            HELM_ENGINE.version()
+        );
     }
 
     #[test]

@@ -8,6 +8,15 @@ use std::time::Duration;
 
 /// Installs, upgrades, rolls back and uninstalls the Helm releases that FluxHelmRelease objects
 /// describe, with charts taken from a git repository.
+/// What takes the Helm actions.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelmEngine {
+    /// One resident engine process.
+    Engine,
+    /// One helm CLI process per action.
+    Cli,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "helm-operator", version)]
 pub struct Config {
@@ -22,11 +31,20 @@ pub struct Config {
     #[arg(long, env = "CHARTS_SYNC_INTERVAL", default_value = "3m", value_parser = parse_interval)]
     pub charts_sync_interval: Duration,
 
-    /// How many releases are reconciled at once.
+    /// How many releases are reconciled at once (and Helm actions the engine runs at once).
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
 
-    /// The helm (v3) binary.
+    /// What takes the Helm actions: `engine`, one resident `fhr-helm-engine` process on the
+    /// Helm 4 SDK, or `cli`, one `helm` (v4) process per action, for those who must pin a binary.
+    #[arg(long, env = "HELM_ENGINE", value_enum, default_value_t = HelmEngine::Engine)]
+    pub helm_engine: HelmEngine,
+
+    /// The engine binary (`--helm-engine=engine`).
+    #[arg(long, env = "HELM_ENGINE_BIN", default_value = "fhr-helm-engine")]
+    pub helm_engine_bin: PathBuf,
+
+    /// The helm (v4) binary (`--helm-engine=cli`).
     #[arg(long, env = "HELM_BIN", default_value = "helm")]
     pub helm_bin: PathBuf,
 

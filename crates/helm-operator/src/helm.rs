@@ -1,11 +1,12 @@
-//! [`HelmCli`]: the Helm steps (`fhr_release::helm::Helm`) by the real `helm` binary, one process
-//! per action, each counted in the metrics.
+//! [`HelmCli`]: the Helm steps (`fhr_release::helm::Helm`) by the `helm` (v4) binary, one
+//! process per action, each counted in the metrics: the fallback for users who must pin a helm
+//! binary (`--helm-engine=cli`). [`Backend`] is whichever of it and the engine was chosen.
 //!
 //! Every call has a deadline, its own `HELM_*_HOME` folders, and its values in a private file
 //! (mode 0600) that is removed afterwards. Values never reach argv, the environment or a log line.
 
 use crate::metrics::Metrics;
-use fhr_release::helm::{Helm, HelmError, Rollback, Upgrade};
+use fhr_release::helm::{Helm, HelmError, Landed, Rollback, Upgrade};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ impl HelmCli {
         timeout: Duration,
     ) -> Result<(), HelmError> {
         let started = Instant::now();
+        if let Some(metrics) = &self.metrics {
+            metrics.helm_process();
+        }
         let result = self.run_process(args, timeout).await;
         if let Some(metrics) = &self.metrics {
             metrics.helm_action(action, result.is_ok(), started);
@@ -112,7 +116,7 @@ impl HelmCli {
 }
 
 impl Helm for HelmCli {
-    async fn upgrade(&self, request: &Upgrade<'_>) -> Result<(), HelmError> {
+    async fn upgrade(&self, request: &Upgrade<'_>) -> Result<Option<Landed>, HelmError> {
         let values = self.values_file(request.values)?;
         let mut args: Vec<String> = vec![
             "upgrade".into(),
@@ -127,6 +131,11 @@ impl Helm for HelmCli {
             fhr_types::duration::to_go_duration(request.timeout),
             // Each upgrade starts from the chart's values plus ours, never from the last release's.
             "--reset-values".into(),
+            // The API server validates strictly (server-side apply); the client-side OpenAPI
+            // validation would download and parse the cluster's schema in every process.
+            "--disable-openapi-validation".into(),
+            // Git is the authority: fields changed by hand are taken back, not a conflict.
+            "--force-conflicts".into(),
         ];
         if !request.labels.is_empty() {
             let labels: Vec<String> = request
@@ -151,10 +160,10 @@ impl Helm for HelmCli {
         };
         let result = self.run(action, args, request.timeout).await;
         drop(values);
-        result
+        result.map(|()| None)
     }
 
-    async fn rollback(&self, request: &Rollback<'_>) -> Result<(), HelmError> {
+    async fn rollback(&self, request: &Rollback<'_>) -> Result<Option<Landed>, HelmError> {
         let mut args: Vec<String> = vec![
             "rollback".into(),
             request.release.into(),
@@ -170,7 +179,10 @@ impl Helm for HelmCli {
         if request.disable_hooks {
             args.push("--no-hooks".into());
         }
-        self.run("rollback", args, request.timeout).await
+        args.push("--force-conflicts".into());
+        self.run("rollback", args, request.timeout)
+            .await
+            .map(|()| None)
     }
 
     async fn uninstall(
@@ -199,6 +211,49 @@ impl Helm for HelmCli {
         crate::storage::mark_failed(client, namespace, release, revision)
             .await
             .map_err(|e| HelmError::Io(e.to_string()))
+    }
+}
+
+/// The Helm steps as configured: the resident engine, or the CLI.
+pub enum Backend {
+    /// `fhr-helm-engine`, one resident process.
+    Engine(crate::engine::Engine),
+    /// One `helm` process per action.
+    Cli(HelmCli),
+}
+
+impl Helm for Backend {
+    async fn upgrade(&self, request: &Upgrade<'_>) -> Result<Option<Landed>, HelmError> {
+        match self {
+            Backend::Engine(engine) => engine.upgrade(request).await,
+            Backend::Cli(cli) => cli.upgrade(request).await,
+        }
+    }
+
+    async fn rollback(&self, request: &Rollback<'_>) -> Result<Option<Landed>, HelmError> {
+        match self {
+            Backend::Engine(engine) => engine.rollback(request).await,
+            Backend::Cli(cli) => cli.rollback(request).await,
+        }
+    }
+
+    async fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<(), HelmError> {
+        match self {
+            Backend::Engine(engine) => engine.uninstall(release, namespace, timeout).await,
+            Backend::Cli(cli) => cli.uninstall(release, namespace, timeout).await,
+        }
+    }
+
+    async fn unlock(&self, release: &str, namespace: &str, revision: i64) -> Result<(), HelmError> {
+        match self {
+            Backend::Engine(engine) => engine.unlock(release, namespace, revision).await,
+            Backend::Cli(cli) => cli.unlock(release, namespace, revision).await,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod charts;
 mod config;
 mod crd;
 mod drift;
+mod engine;
 mod explain;
 mod gitwatch;
 mod helm;
@@ -55,12 +56,6 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     let state_dir = daemon.state_dir.clone();
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
-    let helm = helm::HelmCli::new(
-        config.helm_bin.clone(),
-        state_dir.join("helm"),
-        Some(client.clone()),
-        Some(metrics.clone()),
-    )?;
     if !crd::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }
@@ -90,6 +85,29 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     if !daemon.lead(&config.leader, lease_namespace, &lease).await {
         return Ok(());
     }
+    // Started once this replica leads: a standby runs no engine.
+    let helm = match config.helm_engine {
+        config::HelmEngine::Engine => {
+            let engine = engine::Engine::new(
+                config.helm_engine_bin.clone(),
+                config.workers,
+                Some(metrics.clone()),
+            );
+            // A missing or incompatible engine is a start-up error, not a failure per release.
+            let version = engine
+                .start()
+                .await
+                .with_context(|| format!("starting {}", config.helm_engine_bin.display()))?;
+            tracing::info!(helm = %version, "Helm engine ready");
+            helm::Backend::Engine(engine)
+        }
+        config::HelmEngine::Cli => helm::Backend::Cli(helm::HelmCli::new(
+            config.helm_bin.clone(),
+            state_dir.join("helm"),
+            Some(client.clone()),
+            Some(metrics.clone()),
+        )?),
+    };
     let (reader, writer) = reflector::store();
     // Status writes change the object too; only what can change a decision starts a reconcile.
     let objects = watcher(api, selected)

@@ -31,6 +31,11 @@ struct ReadyLabels {
     ready: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// The values of the Ready condition, as the `ready` label of `fhr_operator_releases`.
 const READY_STATES: [&str; 3] = ["True", "False", "Unknown"];
 
@@ -45,6 +50,8 @@ pub struct Metrics {
     helm_actions: Family<ActionLabels, Counter>,
     helm_seconds: Family<ActionOnly, Histogram, fn() -> Histogram>,
     releases: Family<ReadyLabels, Gauge>,
+    helm_processes: Counter,
+    engine_restarts: Family<ReasonLabels, Counter>,
     readiness: Mutex<HashMap<String, &'static str>>,
     /// The poll loop's metrics.
     pub git: std::sync::Arc<fhr_git::GitMetrics>,
@@ -59,6 +66,8 @@ impl Metrics {
             helm_actions: Family::default(),
             helm_seconds: Family::new_with_constructor(seconds_histogram),
             releases: Family::default(),
+            helm_processes: Counter::default(),
+            engine_restarts: Family::default(),
             readiness: Mutex::default(),
             git: std::sync::Arc::new(fhr_git::GitMetrics::new(
                 registry.sub_registry_with_prefix("fhr_operator"),
@@ -77,8 +86,18 @@ impl Metrics {
         );
         r.register(
             "helm_actions",
-            "Helm processes started, by action and result",
+            "Helm actions taken, by action and result",
             m.helm_actions.clone(),
+        );
+        r.register(
+            "helm_cli_processes",
+            "helm CLI processes started (only with --helm-engine=cli)",
+            m.helm_processes.clone(),
+        );
+        r.register(
+            "helm_engine_restarts",
+            "Helm engine processes replaced, by why the last one failed",
+            m.engine_restarts.clone(),
         );
         r.register(
             "helm_action_duration_seconds",
@@ -105,7 +124,19 @@ impl Metrics {
         }
     }
 
-    /// Records one Helm process.
+    /// Counts one helm CLI process.
+    pub fn helm_process(&self) {
+        self.helm_processes.inc();
+    }
+
+    /// Counts one engine restart (or failed start) and why.
+    pub fn engine_restart(&self, reason: &'static str) {
+        self.engine_restarts
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records one Helm action.
     pub fn helm_action(&self, action: &'static str, ok: bool, started: Instant) {
         let result = if ok { "success" } else { "failure" };
         self.helm_actions

@@ -102,11 +102,11 @@ impl AgentEnv {
 
     /// A helm-operator command line for this environment: its repository with its credentials,
     /// its namespace; a flag in `extra` replaces the default.
-    pub fn operator_args(&self, helm: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    pub fn operator_args(&self, tools: &fhr_testenv::Tools, extra: &[&str]) -> Vec<String> {
         let mut args = self.git_args();
+        args.extend(tools.operator_flags());
         args.extend([
             format!("--namespace={}", self.namespace),
-            format!("--helm-bin={}", helm.display()),
             format!(
                 "--state-dir={}",
                 self.dir.path().join("operator-state").display()

@@ -57,18 +57,18 @@ impl OperatorEnv {
 
     /// The operator's command line for this environment, plus `extra`.
     pub fn operator_args(&self, extra: &[&str]) -> Vec<String> {
-        let args = vec![
+        let mut args = vec![
             format!("--git-url={}", self.git.url("config")),
             "--git-poll-interval=1s".into(),
             "--charts-sync-interval=30s".into(),
             format!("--namespace={}", self.namespace),
-            format!("--helm-bin={}", self.cp.tools().helm.display()),
             format!(
                 "--state-dir={}",
                 self.dir.path().join("operator-state").display()
             ),
             "--helm-timeout=60s".into(),
         ];
+        args.extend(self.cp.tools().operator_flags());
         crate::with_flags(args, extra)
     }
 
@@ -213,7 +213,7 @@ impl OperatorEnv {
             .await
     }
 
-    /// Helm processes the operator has started so far.
+    /// Helm actions the operator has taken so far.
     pub async fn helm_processes(&self) -> f64 {
         self.operator()
             .metric("fhr_operator_helm_actions_total")

@@ -99,8 +99,7 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
     let agent = Daemon::start("flux-agent", &agent_kubeconfig, env.dir.path(), &agent_args);
     agent.wait_ready().await;
     // Its Role grants Leases in its own namespace only.
-    let operator_args =
-        env.operator_args(&cp.tools().helm, &["--leader-election-namespace=flux-helm"]);
+    let operator_args = env.operator_args(cp.tools(), &["--leader-election-namespace=flux-helm"]);
     let operator = Daemon::start(
         "helm-operator",
         &operator_kubeconfig,

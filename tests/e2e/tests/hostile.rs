@@ -790,15 +790,15 @@ async fn canaries_in_git_credentials_secret_values_and_chart_secrets_never_appea
         .unwrap();
     let commit = env.repo.commit("leaky releases").unwrap();
 
-    // Helm runs through a wrapper that records its argv and environment.
-    let invocations = env.dir.path().join("helm-invocations.txt");
-    let wrapper = env.dir.path().join("helm-wrapper.sh");
+    // The Helm engine runs through a wrapper that records its argv and environment.
+    let invocations = env.dir.path().join("engine-invocations.txt");
+    let wrapper = env.dir.path().join("engine-wrapper.sh");
     std::fs::write(
         &wrapper,
         format!(
             "#!/bin/sh\n{{ echo \"argv: $*\"; env; }} >> '{}'\nexec '{}' \"$@\"\n",
             invocations.display(),
-            env.cp.tools().helm.display()
+            env.cp.tools().engine.display()
         ),
     )
     .unwrap();
@@ -809,9 +809,11 @@ async fn canaries_in_git_credentials_secret_values_and_chart_secrets_never_appea
     .unwrap();
     env.start_agent(&["--git-timeout=2s"]).await;
     env.wait_synced(&commit).await;
+    let engine_flag = format!("--helm-engine-bin={}", wrapper.display());
     let operator_args = env.operator_args(
-        &wrapper,
+        env.cp.tools(),
         &[
+            &engine_flag,
             "--git-timeout=2s",
             "--charts-sync-interval=5s",
             "--helm-timeout=60s",
@@ -887,10 +889,10 @@ async fn canaries_in_git_credentials_secret_values_and_chart_secrets_never_appea
     env.git.set_behaviour(GitServerBehaviour::Normal);
 
     // Everything a user or a log collector can read.
-    let helm_invocations = std::fs::read_to_string(&invocations).unwrap();
+    let engine_invocations = std::fs::read_to_string(&invocations).unwrap();
     assert!(
-        helm_invocations.contains("argv: upgrade") || helm_invocations.contains("argv: install"),
-        "the wrapper recorded the Helm processes"
+        engine_invocations.contains("argv: --workers="),
+        "the wrapper recorded the engine's start"
     );
     let mut surfaces: Vec<(String, String)> = vec![
         ("flux-agent log".into(), env.agent().log()),
@@ -903,7 +905,7 @@ async fn canaries_in_git_credentials_secret_values_and_chart_secrets_never_appea
             "helm-operator metrics".into(),
             operator.get("/metrics").await.unwrap().1,
         ),
-        ("helm argv and environment".into(), helm_invocations),
+        ("engine argv and environment".into(), engine_invocations),
     ];
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
     for event in events.list(&ListParams::default()).await.unwrap() {

@@ -62,7 +62,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_served() {
     let mut env = AgentEnv::new("operate").await;
     env.commit_example_release("web");
     env.start_agent(&[]).await;
-    let args = env.operator_args(&env.cp.tools().helm, &[]);
+    let args = env.operator_args(env.cp.tools(), &[]);
     let operator = Daemon::start("helm-operator", env.cp.kubeconfig(), env.dir.path(), &args);
     operator.wait_ready().await;
     operator

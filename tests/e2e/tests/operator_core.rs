@@ -486,12 +486,12 @@ async fn started_before_the_crd_exists_the_operator_waits_then_works() {
     repo.copy_dir(&fhr_testenv::examples_dir().join("charts"), "charts")
         .unwrap();
     repo.commit("charts").unwrap();
-    let args = vec![
+    let mut args = vec![
         format!("--git-url={}", git.url("config")),
         "--git-poll-interval=1s".to_owned(),
-        format!("--helm-bin={}", cp.tools().helm.display()),
         format!("--state-dir={}", dir.path().join("state").display()),
     ];
+    args.extend(cp.tools().operator_flags());
     let mut operator = Daemon::start("helm-operator", cp.kubeconfig(), dir.path(), &args);
     eventually(
         "the operator to report the missing CRD",

@@ -379,17 +379,6 @@ async fn wait_release_status(env: &OperatorEnv, release: &str, status: &str) -> 
     .await
 }
 
-fn helm_processes_for(release: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("helm ") || c.contains("/helm "))
-        .filter(|c| c.split_whitespace().any(|w| w == release))
-        .count()
-}
-
 #[tokio::test]
 async fn an_operator_killed_mid_install_or_mid_upgrade_recovers_the_pending_release_by_itself() {
     let mut env = OperatorEnv::new("crash").await;
@@ -402,16 +391,23 @@ async fn an_operator_killed_mid_install_or_mid_upgrade_recovers_the_pending_rele
     .await;
     wait_release_status(&env, "crash", "pending-install").await;
 
-    // SIGKILL mid-install: helm dies with the operator, the release stays pending-install.
+    // SIGKILL mid-install: the Helm engine dies with the operator, the release stays
+    // pending-install.
     let mut operator = env.operator.take().unwrap();
+    let engines = e2e::children_named(operator.process.id(), "fhr-helm-engine");
+    assert_eq!(engines.len(), 1, "the operator runs one engine");
     operator.process.kill();
     eventually(
-        "helm to die with the operator",
+        "the engine to die with the operator",
         Duration::from_secs(10),
         || async {
-            match helm_processes_for("crash") {
+            match engines
+                .iter()
+                .filter(|pid| e2e::process_alive(**pid))
+                .count()
+            {
                 0 => Ok(()),
-                n => Err(format!("{n} helm processes left")),
+                n => Err(format!("{n} engine processes left")),
             }
         },
     )

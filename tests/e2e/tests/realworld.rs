@@ -280,7 +280,7 @@ async fn a_signed_webhook_after_a_chart_only_commit_upgrades_the_release() {
     env.start_agent(&["--git-poll-interval=1h", &secret_flag])
         .await;
     let args = env.operator_args(
-        &env.cp.tools().helm,
+        env.cp.tools(),
         &["--git-poll-interval=1h", "--charts-sync-interval=1h"],
     );
     let operator = Daemon::start("helm-operator", env.cp.kubeconfig(), env.dir.path(), &args);

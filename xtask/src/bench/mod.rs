@@ -369,6 +369,8 @@ impl System {
                 format!("--charts-sync-interval={recheck}"),
                 format!("--workers={}", args.workers),
                 format!("--listen={operator_admin}"),
+                format!("--helm-engine-bin={}", cp.tools().engine.display()),
+                format!("--helm-engine-bin={}", cp.tools().engine.display()),
                 format!("--helm-bin={}", cp.tools().helm.display()),
                 format!("--state-dir={}", cp.dir().join("operator").display()),
             ],

@@ -2,7 +2,7 @@
 //! uninstalled first, since Helm cannot upgrade a release that was never deployed.
 
 use super::{Plan, Told, upgrade};
-use crate::helm::{Helm, HelmError};
+use crate::helm::{Helm, HelmError, Landed};
 use fhr_types::meta::reason;
 
 /// The Event action and the word in messages.
@@ -14,7 +14,7 @@ pub(super) async fn run<H: Helm>(
     helm: &H,
     plan: &Plan<'_>,
     reinstall: bool,
-) -> Result<(), HelmError> {
+) -> Result<Option<Landed>, HelmError> {
     let request = upgrade::request(plan, true)?;
     if reinstall {
         helm.uninstall(request.release, request.namespace, request.timeout)

@@ -13,7 +13,7 @@ pub use unlock::unlock;
 
 use crate::conditions::{Truth, set_condition};
 use crate::desired::Desired;
-use crate::helm::{Helm, HelmError};
+use crate::helm::{Helm, HelmError, Landed};
 use crate::state::Step;
 use crate::values_file::Redactor;
 use fhr_types::FluxHelmReleaseStatus;
@@ -69,7 +69,7 @@ enum Kind {
 pub struct Done {
     kind: Kind,
     /// Helm's answer.
-    pub result: Result<(), HelmError>,
+    pub result: Result<Option<Landed>, HelmError>,
 }
 
 /// The verb of `step` if it is a Helm action (for the `Reconciling` message before it runs).
@@ -124,12 +124,12 @@ impl Done {
         set_condition(status, condition::RECONCILING, None, generation);
         let number = revision.map(|(n, _)| n).unwrap_or_default();
         let (truth, told) = match (&self.result, self.kind) {
-            (Ok(()), Kind::Rollback(to)) => {
+            (Ok(_), Kind::Rollback(to)) => {
                 // Rolled back, not ready: the upgrade this digest asked for failed.
                 status.failures = Some(status.failures.unwrap_or(0) + 1);
                 (Truth::False, rollback::succeeded(release, to, number))
             }
-            (Ok(()), kind) => {
+            (Ok(_), kind) => {
                 status.failures = None;
                 status.last_applied_digest = Some(plan.digest.to_owned());
                 status.chart_revision = Some(plan.chart_revision.to_owned());

@@ -2,7 +2,7 @@
 //! and `spec.rollback.enable` asks for it. Rolled back is not ready: it waits for a change.
 
 use super::{Plan, Told};
-use crate::helm::{Helm, HelmError, Rollback};
+use crate::helm::{Helm, HelmError, Landed, Rollback};
 use fhr_types::meta::reason;
 
 /// The Event action and the word in messages.
@@ -10,7 +10,11 @@ pub(super) const VERB: &str = "rollback";
 /// The reason of a failed rollback.
 pub(super) const FAILED: &str = reason::ROLLBACK_FAILED;
 
-pub(super) async fn run<H: Helm>(helm: &H, plan: &Plan<'_>, to: i64) -> Result<(), HelmError> {
+pub(super) async fn run<H: Helm>(
+    helm: &H,
+    plan: &Plan<'_>,
+    to: i64,
+) -> Result<Option<Landed>, HelmError> {
     let policy = &plan.desired.rollback;
     helm.rollback(&Rollback {
         release: &plan.desired.release,

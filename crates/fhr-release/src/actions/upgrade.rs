@@ -2,7 +2,7 @@
 //! (also how an adopted release gets the operator's labels, and how drift is corrected).
 
 use super::{Plan, Told};
-use crate::helm::{Helm, HelmError, Upgrade};
+use crate::helm::{Helm, HelmError, Landed, Upgrade};
 use fhr_types::meta::reason;
 
 /// The Event action and the word in messages.
@@ -25,10 +25,11 @@ pub(super) fn request<'a>(plan: &Plan<'a>, install: bool) -> Result<Upgrade<'a>,
         timeout: plan.desired.timeout,
         wait: plan.desired.wait,
         max_history: plan.desired.max_history,
+        secret_values: plan.redactor.values(),
     })
 }
 
-pub(super) async fn run<H: Helm>(helm: &H, plan: &Plan<'_>) -> Result<(), HelmError> {
+pub(super) async fn run<H: Helm>(helm: &H, plan: &Plan<'_>) -> Result<Option<Landed>, HelmError> {
     helm.upgrade(&request(plan, false)?).await
 }
 

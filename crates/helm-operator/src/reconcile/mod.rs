@@ -386,13 +386,16 @@ async fn act<H: Helm>(
     let Some(done) = actions::take(&ctx.helm, &step, &plan).await else {
         return Ok(Action::requeue(ctx.settings.sync_interval));
     };
-    let history =
-        storage::history(&ctx.client, &gathered.namespace, &gathered.desired.release).await?;
-    let revision = history
-        .latest()
-        .map(|latest| (latest.number, latest.status.to_string()));
+    let revision = match &done.result {
+        // The engine's answer says which revision the action left; the CLI's does not.
+        Ok(Some(landed)) => Some((landed.revision, landed.status.clone())),
+        _ => storage::history(&ctx.client, &gathered.namespace, &gathered.desired.release)
+            .await?
+            .latest()
+            .map(|latest| (latest.number, latest.status.to_string())),
+    };
     let error = match &done.result {
-        Ok(()) => None,
+        Ok(_) => None,
         Err(e) => Some(explain(ctx, chart_dir.as_deref(), e).await),
     };
     let generation = report.generation();
