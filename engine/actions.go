@@ -38,8 +38,14 @@ type engine struct {
 }
 
 // configuration is Helm's per-action state for one namespace, built on the shared cluster.
-func (e *engine) configuration(namespace string) (*action.Configuration, error) {
-	cfg := action.NewConfiguration(action.ConfigurationSetLogger(e.logger))
+// Helm logs its errors, which quote values: its log goes through a handler that redacts the
+// request's secret values.
+func (e *engine) configuration(namespace string, secrets ...string) (*action.Configuration, error) {
+	logger := e.logger
+	if len(secrets) > 0 {
+		logger = redactingHandler{inner: e.logger, secrets: secrets}
+	}
+	cfg := action.NewConfiguration(action.ConfigurationSetLogger(logger))
 	if err := cfg.Init(namespaceGetter{e.cluster, namespace}, namespace, "secret"); err != nil {
 		return nil, err
 	}
@@ -68,18 +74,8 @@ func (e *engine) upgrade(ctx context.Context, r *UpgradeRequest) Reply {
 	return reply
 }
 
-// redact replaces each secret value (longest first, as the operator sends them) with ***.
-func redact(text string, secrets []string) string {
-	for _, secret := range secrets {
-		if secret != "" {
-			text = strings.ReplaceAll(text, secret, "***")
-		}
-	}
-	return text
-}
-
 func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
-	cfg, err := e.configuration(r.Namespace)
+	cfg, err := e.configuration(r.Namespace, r.Redact...)
 	if err != nil {
 		return failure(err)
 	}

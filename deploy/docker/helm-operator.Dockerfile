@@ -5,15 +5,15 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p helm-operator
 
-# helm from the same pinned module (tools/helm/go.mod and go.sum) the tests run against,
-# version-stamped as its release build is.
-FROM golang:1.26-bookworm AS helm
-WORKDIR /src/tools/helm
-COPY tools/helm/ .
-RUN HELM_VERSION=$(awk '/helm.sh\/helm\/v3 v/ {print $NF}' go.mod) \
- && GOFLAGS=-mod=readonly go build -trimpath \
-      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-      -o /out/helm helm.sh/helm/v3/cmd/helm
+# The Helm engine and the helm (v4) CLI of the --helm-engine=cli fallback, from the same pinned
+# module (engine/go.mod and go.sum) the tests run against, version-stamped as Helm's release is.
+FROM golang:1.26-bookworm AS engine
+WORKDIR /src/engine
+COPY engine/ .
+RUN HELM_VERSION=$(awk '/helm.sh\/helm\/v4 v/ {print $NF}' go.mod) \
+ && LDFLAGS="-s -w -X helm.sh/helm/v4/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+ && GOFLAGS=-mod=readonly go build -trimpath -ldflags "${LDFLAGS}" -o /out/fhr-helm-engine . \
+ && GOFLAGS=-mod=readonly go build -trimpath -ldflags "${LDFLAGS}" -o /out/helm helm.sh/helm/v4/cmd/helm
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -21,7 +21,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin flux
 COPY --from=build /src/target/release/helm-operator /usr/local/bin/helm-operator
-COPY --from=helm /out/helm /usr/local/bin/helm
+COPY --from=engine /out/fhr-helm-engine /usr/local/bin/fhr-helm-engine
+COPY --from=engine /out/helm /usr/local/bin/helm
 USER 65532:65532
 EXPOSE 3030
 ENTRYPOINT ["/usr/local/bin/helm-operator"]

@@ -20,6 +20,7 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]),
     )?;
+    go_checks()?;
     // Advisories need the RustSec database from the internet; see docs/security.md.
     crate::run_step(
         "cargo deny check licenses bans sources",
@@ -39,5 +40,29 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     )?;
     eprintln!("==> cargo xtask demo --once");
     crate::demo::run(true)?;
+    Ok(())
+}
+
+/// `gofmt`, `go vet` and `go test` over the Helm engine, the repository's one Go program.
+fn go_checks() -> anyhow::Result<()> {
+    let engine = fhr_testenv::tools::repository_dir().join("engine");
+    eprintln!("==> gofmt -l engine");
+    let gofmt = Command::new("gofmt").arg("-l").arg(&engine).output()?;
+    let unformatted = String::from_utf8_lossy(&gofmt.stdout);
+    if !gofmt.status.success() || !unformatted.trim().is_empty() {
+        anyhow::bail!("gofmt: these files need `gofmt -w`:\n{unformatted}");
+    }
+    let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
+    for check in ["vet", "test"] {
+        crate::run_step(
+            &format!("go {check} (engine)"),
+            Command::new(&go)
+                // run_step runs from the repository root; -C moves go into the engine's module.
+                .arg("-C")
+                .arg(&engine)
+                .args([check, "./..."])
+                .env("GOFLAGS", "-mod=readonly -buildvcs=false"),
+        )?;
+    }
     Ok(())
 }

@@ -62,10 +62,20 @@ pub fn examples_dir() -> PathBuf {
 }
 
 impl ControlPlane {
-    /// A `helm` command aimed at this control plane, with its own cache, config and data folders.
+    /// A `helm` (v4) command aimed at this control plane, with its own cache, config and data
+    /// folders.
     pub fn helm(&self) -> std::process::Command {
+        self.helm_of(&self.tools().helm)
+    }
+
+    /// The same with helm v3, which users still run.
+    pub fn helm3(&self) -> std::process::Command {
+        self.helm_of(&self.tools().helm3)
+    }
+
+    fn helm_of(&self, binary: &Path) -> std::process::Command {
         let home = self.dir().join("helm");
-        let mut command = std::process::Command::new(&self.tools().helm);
+        let mut command = std::process::Command::new(binary);
         command
             .env("KUBECONFIG", self.kubeconfig())
             .env("HELM_CACHE_HOME", home.join("cache"))

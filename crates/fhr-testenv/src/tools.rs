@@ -22,8 +22,10 @@ pub struct ToolModule {
     /// Go variables the release build stamps, as `(variable, value)`; `{version}`, `{major}` and
     /// `{minor}` stand for the pinned version's parts.
     pub stamps: &'static [(&'static str, &'static str)],
-    /// Files of the module whose contents key the cache.
+    /// Files of the module whose contents key the cache; the first is `go.mod`.
     sources: &'static [&'static str],
+    /// Whether every file of `dir` keys the cache too (a module of this repository's own code).
+    whole_dir: bool,
 }
 
 /// The control plane: kube-apiserver and the etcd it pins.
@@ -47,6 +49,7 @@ pub const CONTROL_PLANE: ToolModule = ToolModule {
         include_str!("../../../tools/controlplane/go.sum"),
         include_str!("../../../tools/controlplane/etcd/main.go"),
     ],
+    whole_dir: false,
 };
 
 /// The Helm engine the operator runs, and the helm (v4) CLI of the same pinned SDK: the CLI
@@ -63,15 +66,9 @@ pub const HELM_ENGINE: ToolModule = ToolModule {
         ("helm.sh/helm/v4/internal/version.version", "{version}"),
         ("helm.sh/helm/v4/internal/version.gitTreeState", "clean"),
     ],
-    sources: &[
-        include_str!("../../../engine/go.mod"),
-        include_str!("../../../engine/go.sum"),
-        include_str!("../../../engine/main.go"),
-        include_str!("../../../engine/protocol.go"),
-        include_str!("../../../engine/actions.go"),
-        include_str!("../../../engine/cluster.go"),
-        include_str!("../../../engine/charts.go"),
-    ],
+    // Every file of the module keys the cache (read at run time): a new Go file needs no entry here.
+    sources: &[include_str!("../../../engine/go.mod")],
+    whole_dir: true,
 };
 
 /// The helm v3 CLI: users still run it, so tests check it reads what the operator writes.
@@ -88,6 +85,7 @@ pub const HELM: ToolModule = ToolModule {
         include_str!("../../../tools/helm/go.mod"),
         include_str!("../../../tools/helm/go.sum"),
     ],
+    whole_dir: false,
 };
 
 impl ToolModule {
@@ -134,6 +132,18 @@ impl ToolModule {
         {
             digest.update(source.as_bytes());
             digest.update([0]);
+        }
+        if self.whole_dir {
+            let dir = repository_dir().join(self.dir);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            for file in files.iter().filter(|f| f.is_file()) {
+                digest.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+                digest.update(std::fs::read(file).unwrap_or_default());
+                digest.update([0]);
+            }
         }
         let digest = digest.finalize();
         let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();

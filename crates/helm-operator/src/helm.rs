@@ -217,7 +217,7 @@ impl Helm for HelmCli {
 /// The Helm steps as configured: the resident engine, or the CLI.
 pub enum Backend {
     /// `fhr-helm-engine`, one resident process.
-    Engine(crate::engine::Engine),
+    Engine(Arc<crate::engine::Engine>),
     /// One `helm` process per action.
     Cli(HelmCli),
 }

@@ -88,11 +88,11 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     // Started once this replica leads: a standby runs no engine.
     let helm = match config.helm_engine {
         config::HelmEngine::Engine => {
-            let engine = engine::Engine::new(
+            let engine = Arc::new(engine::Engine::new(
                 config.helm_engine_bin.clone(),
                 config.workers,
                 Some(metrics.clone()),
-            );
+            ));
             // A missing or incompatible engine is a start-up error, not a failure per release.
             let version = engine
                 .start()

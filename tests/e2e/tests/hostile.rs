@@ -29,7 +29,7 @@ const FAILED_FETCHES_OPERATOR: &str = "fhr_operator_git_fetches_total{result=\"f
 fn pending_releases(env: &OperatorEnv) -> Vec<String> {
     let output = e2e::output_ok(env.cp.helm().args([
         "list",
-        "--all",
+        "--pending",
         "--namespace",
         &env.namespace,
         "--output",

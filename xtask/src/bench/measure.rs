@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 pub struct ProcessSample {
     /// User + system CPU seconds of the process itself.
     pub cpu_seconds: f64,
-    /// User + system CPU seconds of its children that have ended (the operator's Helm processes).
+    /// User + system CPU seconds of its children: those that ended (Helm CLI processes, engines
+    /// replaced) and, with [`ProcessSample::read_with_children`], the live ones (the engine).
     pub children_cpu_seconds: f64,
     /// Resident memory now, MiB.
     pub rss_mib: f64,
-    /// Highest resident memory since the process started, MiB.
+    /// Highest resident memory since the process started, MiB (plus its live children's, with
+    /// [`ProcessSample::read_with_children`]).
     pub peak_rss_mib: f64,
 }
 
@@ -40,6 +42,45 @@ impl ProcessSample {
             peak_rss_mib: kib("VmHWM:") / 1024.0,
         })
     }
+}
+
+impl ProcessSample {
+    /// The process plus its live children (the operator's Helm engine): their own CPU, and
+    /// their resident and peak memory, are added to the process's.
+    pub fn read_with_children(pid: u32) -> anyhow::Result<ProcessSample> {
+        let mut sample = ProcessSample::read(pid)?;
+        for child in live_children(pid) {
+            let Ok(child) = ProcessSample::read(child) else {
+                continue;
+            };
+            sample.children_cpu_seconds += child.cpu_seconds + child.children_cpu_seconds;
+            sample.rss_mib += child.rss_mib;
+            sample.peak_rss_mib += child.peak_rss_mib;
+        }
+        Ok(sample)
+    }
+}
+
+/// Pids whose parent is `pid`.
+fn live_children(pid: u32) -> Vec<u32> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|child| {
+                    std::fs::read_to_string(format!("/proc/{child}/stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            let after = stat.rsplit_once(')')?.1.to_owned();
+                            after.split_whitespace().nth(1).map(|p| p == parent)
+                        })
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[allow(unsafe_code)]

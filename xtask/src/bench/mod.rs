@@ -65,6 +65,9 @@ pub struct Args {
     /// The operator's --workers.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// The operator's --helm-engine: `engine` (resident) or `cli` (a helm process per action).
+    #[arg(long, default_value = "engine", value_parser = ["engine", "cli"])]
+    engine: String,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -369,7 +372,7 @@ impl System {
                 format!("--charts-sync-interval={recheck}"),
                 format!("--workers={}", args.workers),
                 format!("--listen={operator_admin}"),
-                format!("--helm-engine-bin={}", cp.tools().engine.display()),
+                format!("--helm-engine={}", args.engine),
                 format!("--helm-engine-bin={}", cp.tools().engine.display()),
                 format!("--helm-bin={}", cp.tools().helm.display()),
                 format!("--state-dir={}", cp.dir().join("operator").display()),
@@ -423,7 +426,8 @@ impl System {
 
     fn samples(&self) -> anyhow::Result<(ProcessSample, ProcessSample)> {
         Ok((
-            ProcessSample::read(self.operator.id())?,
+            // The engine is the operator's child: its CPU and memory count as the operator's.
+            ProcessSample::read_with_children(self.operator.id())?,
             ProcessSample::read(self.agent.id())?,
         ))
     }

@@ -2,8 +2,8 @@
 //! process on the Helm 4 SDK, which the operator starts, supervises and restarts.
 //!
 //! Supervision: a request that outlives its deadline, a reply that is malformed or too long, or
-//! an engine that exits fails the requests in flight, and the next request starts a new engine,
-//! with exponential backoff between failed starts. Releases an engine left `pending-*` are
+//! an engine that exits fails the requests in flight, and a new engine is started at once, with
+//! exponential backoff between failed starts. Releases an engine left `pending-*` are
 //! recovered by the reconciler's unlock step, as after an operator crash. The engine dies with
 //! the operator (parent-death signal, and it exits when its stdin closes).
 
@@ -35,6 +35,8 @@ pub struct Engine {
     next_id: AtomicU64,
     current: tokio::sync::Mutex<Supervised>,
     metrics: Option<Arc<Metrics>>,
+    failed: tokio::sync::mpsc::UnboundedSender<()>,
+    failures: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
 }
 
 /// The current process and the backoff between starts.
@@ -56,7 +58,10 @@ fn start_backoff() -> ExponentialBackoff {
 impl Engine {
     /// An engine run from `binary` with `workers` concurrent requests; started on first use.
     pub fn new(binary: PathBuf, workers: u16, metrics: Option<Arc<Metrics>>) -> Engine {
+        let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
         Engine {
+            failed,
+            failures: std::sync::Mutex::new(Some(failures)),
             binary,
             workers,
             kill_slack: KILL_SLACK,
@@ -71,9 +76,27 @@ impl Engine {
     }
 
     /// Starts the engine now, so that a broken binary shows at start-up rather than at the
-    /// first action; returns the Helm version it runs.
-    pub async fn start(&self) -> Result<String, HelmError> {
+    /// first action, and supervises it from then on: an engine that fails is replaced at once,
+    /// not at the next action. Returns the Helm version it runs.
+    pub async fn start(self: &Arc<Self>) -> Result<String, HelmError> {
         let process = self.process().await.map_err(fault_error)?;
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut failures) = failures {
+            let engine = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while failures.recv().await.is_some() {
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    // process() waits out the backoff; a failed start is tried again.
+                    while engine.process().await.is_err() {}
+                }
+            });
+        }
         Ok(process.helm.clone())
     }
 
@@ -95,7 +118,7 @@ impl Engine {
         if let Some(not_before) = current.not_before {
             tokio::time::sleep_until(not_before.into()).await;
         }
-        match Process::start(&self.binary, self.workers).await {
+        match Process::start(&self.binary, self.workers, self.failed.clone()).await {
             Ok(process) => {
                 let process = Arc::new(process);
                 tracing::info!(helm = %process.helm, "Helm engine started");

@@ -58,8 +58,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary`, checks its hello, and starts the tasks that read its output.
-    pub async fn start(binary: &Path, workers: u16) -> Result<Process, Fault> {
+    /// Starts `binary`, checks its hello, and starts the tasks that read its output; `failed`
+    /// hears once when the process fails.
+    pub async fn start(
+        binary: &Path,
+        workers: u16,
+        failed: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Process, Fault> {
         let mut command = tokio::process::Command::new(binary);
         command
             .arg(format!("--workers={workers}"))
@@ -104,6 +109,7 @@ impl Process {
             waiters.clone(),
             broken.clone(),
             stop.clone(),
+            failed,
         ));
         Ok(Process {
             stdin: tokio::sync::Mutex::new(stdin),
@@ -172,6 +178,7 @@ async fn read_replies(
     waiters: Waiters,
     broken: Arc<Mutex<Option<Fault>>>,
     stop: Arc<tokio::sync::Notify>,
+    failed: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
     let fault = loop {
         let line = tokio::select! {
@@ -204,6 +211,7 @@ async fn read_replies(
     fail_all(&waiters, &broken, fault);
     let _ = child.start_kill();
     let _ = child.wait().await;
+    let _ = failed.send(());
 }
 
 fn fail_all(waiters: &Waiters, broken: &Mutex<Option<Fault>>, fault: Fault) {

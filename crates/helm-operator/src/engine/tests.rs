@@ -76,6 +76,19 @@ async fn a_malformed_reply_fails_the_action_and_restarts_the_engine() {
 }
 
 #[tokio::test]
+async fn a_started_engine_that_fails_is_replaced_without_waiting_for_an_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::new(script(dir.path(), HELLO, "exit 3"), 2, None));
+    engine.start().await.unwrap();
+    upgrade(&engine).await.unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while starts(&engine.binary) < 2 {
+        assert!(Instant::now() < deadline, "no new engine was started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_reply_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let huge = "head -c 2000000 /dev/zero | tr '\\0' x; echo";
@@ -110,7 +123,7 @@ async fn an_engine_that_dies_fails_its_requests() {
 async fn an_engine_of_another_protocol_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let hello = r#"{"hello":{"protocol":99,"helm":"fake"}}"#;
-    let engine = Engine::new(script(dir.path(), hello, LANDED), 2, None);
+    let engine = Arc::new(Engine::new(script(dir.path(), hello, LANDED), 2, None));
     let err = engine.start().await.unwrap_err();
     assert!(err.to_string().contains("protocol 99"), "{err}");
 }
