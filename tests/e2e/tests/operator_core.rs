@@ -76,7 +76,8 @@ async fn a_new_resource_installs_its_release_and_reports_ready() {
 #[tokio::test]
 async fn changing_values_upgrades_in_list_and_map_form_with_typed_values() {
     let mut env = OperatorEnv::new("values").await;
-    env.start_operator(&[]).await;
+    // The helm CLI fallback: the core tests cover it as well as the engine.
+    env.start_operator(&["--helm-engine=cli"]).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.namespace);
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
 
@@ -152,6 +153,13 @@ async fn changing_values_upgrades_in_list_and_map_form_with_typed_values() {
         data["settings.yaml"]
     );
     assert_eq!(data["replicas"], "2");
+    assert!(
+        env.operator()
+            .metric("fhr_operator_helm_cli_processes_total")
+            .await
+            >= 4.0,
+        "the helm CLI took the four actions"
+    );
 }
 
 #[tokio::test]
@@ -239,7 +247,8 @@ async fn only_releases_of_a_changed_chart_upgrade_and_nothing_else_starts_helm()
 #[tokio::test]
 async fn deleting_a_resource_uninstalls_its_release_even_if_the_operator_was_down() {
     let mut env = OperatorEnv::new("delete").await;
-    env.start_operator(&[]).await;
+    // The helm CLI fallback, here and after the restart below.
+    env.start_operator(&["--helm-engine=cli"]).await;
     env.apply(
         "gone",
         json!({"chartGitPath": "webapp", "releaseName": "gone"}),
@@ -289,7 +298,7 @@ async fn deleting_a_resource_uninstalls_its_release_even_if_the_operator_was_dow
     let held = api.get("later").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(env.helm_history("later"), vec![(1, "deployed".to_owned())]);
-    env.start_operator(&[]).await;
+    env.start_operator(&["--helm-engine=cli"]).await;
     eventually(
         "the release deleted while the operator was down to be uninstalled",
         Duration::from_secs(60),

@@ -115,7 +115,9 @@ fn add_port_chart(env: &OperatorEnv) {
 async fn a_failed_upgrade_rolls_back_when_enabled_and_then_waits_for_a_change() {
     let mut env = OperatorEnv::new("rollback").await;
     add_port_chart(&env);
-    env.start_operator(&["--charts-sync-interval=2s"]).await;
+    // The helm CLI fallback rolls back too.
+    env.start_operator(&["--charts-sync-interval=2s", "--helm-engine=cli"])
+        .await;
     let spec = |port: u32| {
         json!({"chartGitPath": "ported", "releaseName": "rb", "rollback": {"enable": true},
         "values": [{"name": "port", "value": port}]})
