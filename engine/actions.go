@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"text/template"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -35,6 +36,9 @@ type engine struct {
 	charts    *chartCache
 	clientset kubernetes.Interface
 	logger    slog.Handler
+	// allowLookup false replaces Helm's lookup with one that finds nothing, as `helm template`
+	// renders: a chart author then cannot read the cluster through a template.
+	allowLookup bool
 }
 
 // configuration is Helm's per-action state for one namespace, built on the shared cluster.
@@ -54,7 +58,15 @@ func (e *engine) configuration(namespace string, secrets ...string) (*action.Con
 		return nil, err
 	}
 	cfg.Capabilities = caps
+	if !e.allowLookup {
+		cfg.CustomTemplateFuncs = template.FuncMap{"lookup": noLookup}
+	}
 	return cfg, nil
+}
+
+// noLookup is Helm's lookup without a cluster: an empty object or list, as in `helm template`.
+func noLookup(apiVersion, kind, namespace, name string) (map[string]any, error) {
+	return map[string]any{}, nil
 }
 
 func waitStrategy(wait bool) kube.WaitStrategy {

@@ -30,6 +30,7 @@ const maxRequest = 32 << 20
 func main() {
 	workers := flag.Int("workers", 4, "requests run at once; more wait in line")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	allowLookup := flag.Bool("allow-lookup", true, "let templates read the cluster with Helm's lookup; false renders with no cluster access (lookup finds nothing)")
 	version := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *version {
@@ -40,13 +41,13 @@ func main() {
 	logger := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
 	slog.SetDefault(slog.New(logger))
 	klog.SetSlogLogger(slog.New(logger))
-	if err := serve(os.Stdin, os.Stdout, *workers, *kubeconfig, logger); err != nil {
+	if err := serve(os.Stdin, os.Stdout, *workers, *kubeconfig, *allowLookup, logger); err != nil {
 		slog.Error("engine stopped", "error", err.Error())
 		os.Exit(1)
 	}
 }
 
-func serve(in io.Reader, out io.Writer, workers int, kubeconfig string, logger slog.Handler) error {
+func serve(in io.Reader, out io.Writer, workers int, kubeconfig string, allowLookup bool, logger slog.Handler) error {
 	cl, err := newCluster(kubeconfig)
 	if err != nil {
 		return fmt.Errorf("cluster configuration: %w", err)
@@ -55,7 +56,7 @@ func serve(in io.Reader, out io.Writer, workers int, kubeconfig string, logger s
 	if err != nil {
 		return err
 	}
-	e := &engine{cluster: cl, charts: newChartCache(256), clientset: clientset, logger: logger}
+	e := &engine{cluster: cl, charts: newChartCache(256), clientset: clientset, logger: logger, allowLookup: allowLookup}
 	w := &replies{enc: json.NewEncoder(out)}
 	if err := w.send(Hello{HelloBody{Protocol: ProtocolVersion, Helm: common.DefaultCapabilities.HelmVersion.Version, Workers: workers}}); err != nil {
 		return err

@@ -28,7 +28,7 @@ pub fn run(force: bool, ssh: Ssh) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which_go() -> anyhow::Result<String> {
+pub fn which_go() -> anyhow::Result<String> {
     let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
     let ok = Command::new(&go)
         .arg("version")
@@ -43,7 +43,8 @@ fn which_go() -> anyhow::Result<String> {
     Ok(go)
 }
 
-fn build_module(go: &str, module: &ToolModule, force: bool) -> anyhow::Result<()> {
+/// Builds `module`'s binaries into its cache folder unless they are there (or `force`).
+pub fn build_module(go: &str, module: &ToolModule, force: bool) -> anyhow::Result<()> {
     let dir = module.cache_dir();
     let complete = module
         .binaries

@@ -88,6 +88,35 @@ pub const HELM: ToolModule = ToolModule {
     whole_dir: false,
 };
 
+/// Flux's helm-controller: the baseline `cargo xtask bench` measures against (built by the
+/// benchmark only, not by the test command).
+pub const FLUX_HELM_CONTROLLER: ToolModule = ToolModule {
+    name: "flux-helm-controller",
+    dir: "tools/flux/helm-controller",
+    versioned_module: "github.com/fluxcd/helm-controller",
+    binaries: &[("helm-controller", "github.com/fluxcd/helm-controller")],
+    stamps: &[],
+    sources: &[
+        include_str!("../../../tools/flux/helm-controller/go.mod"),
+        include_str!("../../../tools/flux/helm-controller/go.sum"),
+    ],
+    whole_dir: false,
+};
+
+/// Flux's source-controller, which serves helm-controller its charts in the benchmark.
+pub const FLUX_SOURCE_CONTROLLER: ToolModule = ToolModule {
+    name: "flux-source-controller",
+    dir: "tools/flux/source-controller",
+    versioned_module: "github.com/fluxcd/source-controller",
+    binaries: &[("source-controller", "github.com/fluxcd/source-controller")],
+    stamps: &[],
+    sources: &[
+        include_str!("../../../tools/flux/source-controller/go.mod"),
+        include_str!("../../../tools/flux/source-controller/go.sum"),
+    ],
+    whole_dir: false,
+};
+
 impl ToolModule {
     /// The pinned version of [`ToolModule::versioned_module`], read from `go.mod`.
     pub fn version(&self) -> &'static str {
@@ -99,6 +128,10 @@ impl ToolModule {
                     .strip_prefix("require ")
                     .unwrap_or(line)
                     .strip_prefix(self.versioned_module)?;
+                // Not a longer module path that starts with this one (`…/api`).
+                if !rest.starts_with(char::is_whitespace) {
+                    return None;
+                }
                 rest.split_whitespace().next()
             })
             .unwrap_or("unknown")

@@ -44,6 +44,13 @@ pub struct Config {
     #[arg(long, env = "HELM_ENGINE_BIN", default_value = "fhr-helm-engine")]
     pub helm_engine_bin: PathBuf,
 
+    /// Let chart templates read the cluster with Helm's `lookup`, with the operator's rights.
+    /// `false` renders with no cluster access: `lookup` finds nothing, as in `helm template`
+    /// (charts that keep a generated password by looking up their own Secret then make a new
+    /// one at each upgrade). Needs `--helm-engine=engine`: the helm CLI cannot turn lookup off.
+    #[arg(long, env = "ALLOW_LOOKUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_lookup: bool,
+
     /// The helm (v4) binary (`--helm-engine=cli`).
     #[arg(long, env = "HELM_BIN", default_value = "helm")]
     pub helm_bin: PathBuf,

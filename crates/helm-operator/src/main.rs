@@ -37,6 +37,10 @@ fn main() -> anyhow::Result<()> {
 async fn operate(config: config::Config) -> anyhow::Result<()> {
     // Bad flags are refused before anything starts or is contacted.
     let source = config.git.source().context("--git-url")?;
+    anyhow::ensure!(
+        config.allow_lookup || config.helm_engine == config::HelmEngine::Engine,
+        "--allow-lookup=false needs --helm-engine=engine: the helm CLI cannot turn lookup off"
+    );
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
     let mut daemon = Daemon::start(
@@ -91,6 +95,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
             let engine = Arc::new(engine::Engine::new(
                 config.helm_engine_bin.clone(),
                 config.workers,
+                config.allow_lookup,
                 Some(metrics.clone()),
             ));
             // A missing or incompatible engine is a start-up error, not a failure per release.

@@ -221,3 +221,60 @@ async fn a_twenty_megabyte_push_syncs_and_pings_or_other_branches_sync_nothing()
     assert_eq!(code, 202);
     env.wait_synced(&commit).await;
 }
+
+/// A chart that looks up a Secret of another namespace and fails if it finds it.
+fn add_peeking_chart(env: &e2e::operator::OperatorEnv, victim: &str) {
+    env.repo
+        .write(
+            "charts/peek/Chart.yaml",
+            "apiVersion: v2\nname: peek\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/peek/templates/cm.yaml",
+            format!(
+                "{{{{- $found := lookup \"v1\" \"Secret\" \"{victim}\" \"canary\" }}}}\n\
+                 {{{{- if $found }}}}{{{{ fail \"the chart read a Secret of another namespace\" }}}}{{{{ end }}}}\n\
+                 apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{ .Release.Name }}}}\ndata:\n  ok: \"yes\"\n"
+            ),
+        )
+        .unwrap();
+    env.repo.commit("a chart that peeks").unwrap();
+}
+
+#[tokio::test]
+async fn without_lookup_a_chart_reads_nothing_of_the_cluster() {
+    use e2e::operator::{OperatorEnv, ready, ready_message};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    let victim = e2e::unique_name("victim");
+    let client = e2e::shared_control_plane().await.client().await;
+    fhr_testenv::create_namespace(&client, &victim)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "canary"}, "stringData": {"token": "tenant-canary-value"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client, &victim)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let spec = serde_json::json!({"chartGitPath": "peek", "releaseName": "peek"});
+
+    // With lookup (the default), the template reads the other namespace's Secret.
+    let mut open = OperatorEnv::new("lookup-on").await;
+    add_peeking_chart(&open, &victim);
+    open.start_operator(&[]).await;
+    open.apply("peek", spec.clone()).await;
+    let fhr = open.wait_condition("peek", "False", "InstallFailed").await;
+    assert!(ready_message(&fhr).contains("read a Secret of another namespace"));
+
+    // With --allow-lookup=false the same chart finds nothing and installs.
+    let mut closed = OperatorEnv::new("lookup-off").await;
+    add_peeking_chart(&closed, &victim);
+    closed.start_operator(&["--allow-lookup=false"]).await;
+    closed.apply("peek", spec).await;
+    closed.wait_for("peek", "installed", ready).await;
+}

@@ -5,6 +5,7 @@
 //! server on loopback, and release builds of both daemons. Results go to `target/bench/`.
 //! How to run it and read it: docs/benchmarks.md.
 
+mod flux;
 mod measure;
 mod report;
 
@@ -71,6 +72,10 @@ pub struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Leave out the Flux v2 baseline (helm-controller and source-controller, built once from
+    /// tools/flux/ on first use: several minutes).
+    #[arg(long)]
+    no_flux: bool,
 }
 
 impl Args {
@@ -87,6 +92,12 @@ pub struct Run {
     commit: String,
     convergence: Convergence,
     baseline: Baseline,
+    /// helm-operator's --helm-engine in this run (absent: runs from before the engine).
+    #[serde(default)]
+    engine: Option<String>,
+    /// Flux v2 over the same releases: defaults, then without OpenAPI validation.
+    #[serde(default)]
+    flux: Vec<flux::FluxRun>,
     latency: Option<Latency>,
     steady: Option<Steady>,
 }
@@ -163,6 +174,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "--releases needs one or more positive numbers"
     );
     crate::tools::run(false, crate::tools::Ssh::NotNeeded)?;
+    let flux_binaries = if args.no_flux {
+        None
+    } else {
+        Some(flux::build()?)
+    };
     crate::build_daemons_with(&["--release"])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for &n in &args.releases {
         eprintln!("==> benchmark with {n} releases");
         let run = runtime
-            .block_on(bench(n, args))
+            .block_on(bench(n, args, flux_binaries.as_ref()))
             .with_context(|| format!("benchmark with {n} releases"))?;
         eprintln!("{}", report::summary(&run));
         // Written after every N, so a long run that fails later still leaves what it measured.
@@ -199,7 +215,11 @@ struct System {
     _git: GitServer,
 }
 
-async fn bench(n: usize, args: &Args) -> anyhow::Result<Run> {
+async fn bench(
+    n: usize,
+    args: &Args,
+    flux_binaries: Option<&(PathBuf, PathBuf)>,
+) -> anyhow::Result<Run> {
     let cp = ControlPlane::start_with(ControlPlaneOptions { audit_log: true })
         .await
         .context("start the control plane")?;
@@ -222,7 +242,37 @@ async fn bench(n: usize, args: &Args) -> anyhow::Result<Run> {
         None
     };
 
-    let mut system = System::start(cp, client, args, audit).await?;
+    // One repository for Flux and flux-helm alike: the chart, and later the release config.
+    let git = GitServer::start(GitServerOptions::default()).await?;
+    let repo = git.create_repo("bench", "master")?;
+    repo.copy_dir(&crate::root().join("xtask/bench/charts"), "charts")?;
+    repo.write(
+        "releaseconfig/README.md",
+        "FluxHelmRelease manifests go here.\n",
+    )?;
+    repo.commit("the chart")?;
+    let mut flux = Vec::new();
+    if let Some(binaries) = flux_binaries {
+        let logs = cp.dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        for variant in [flux::Variant::Defaults, flux::Variant::NoOpenapi] {
+            let run = flux::converge(
+                &cp,
+                &client,
+                binaries,
+                &git.url("bench"),
+                n,
+                args.workers,
+                variant,
+                &logs,
+            )
+            .await?;
+            flux.push(run);
+        }
+        audit.take()?;
+    }
+
+    let mut system = System::start(cp, client, args, audit, git, repo).await?;
     let convergence = system.convergence(n).await?;
     let steady = if args.wants(Scenario::Steady) {
         Some(system.steady(args).await?)
@@ -237,8 +287,10 @@ async fn bench(n: usize, args: &Args) -> anyhow::Result<Run> {
     Ok(Run {
         releases: n,
         commit: report::commit(),
+        engine: Some(args.engine.clone()),
         convergence,
         baseline: Baseline { install, rerun },
+        flux,
         latency,
         steady,
     })
@@ -323,15 +375,9 @@ impl System {
         client: kube::Client,
         args: &Args,
         audit: AuditCursor,
+        git: GitServer,
+        repo: fhr_testenv::TestRepo,
     ) -> anyhow::Result<System> {
-        let git = GitServer::start(GitServerOptions::default()).await?;
-        let repo = git.create_repo("bench", "master")?;
-        repo.copy_dir(&crate::root().join("xtask/bench/charts"), "charts")?;
-        repo.write(
-            "releaseconfig/README.md",
-            "FluxHelmRelease manifests go here.\n",
-        )?;
-        repo.commit("the chart")?;
         let url = git.url("bench");
         let binaries = crate::demo::target_dir("release");
         let logs = cp.dir().join("logs");

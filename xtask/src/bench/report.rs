@@ -215,6 +215,45 @@ fn markdown(machine: &Machine, args: &Args, runs: &[Run]) -> String {
             ratio(api as f64, b.api_requests as f64),
         );
     }
+    if runs.iter().any(|r| !r.flux.is_empty()) {
+        md.push_str("\n## Against Flux v2 and the helm loop: N releases → all Ready\n\nFlux is upstream helm-controller and source-controller (`--concurrent` = our `--workers`), run on the same control plane against the same git repository and chart in the same run, once with its defaults and once with `install/upgrade.disableOpenAPIValidation`. CPU counts helm-operator + its Helm engine (or helm processes) + flux-agent for flux-helm, helm-controller + source-controller for Flux. Ratios are flux-helm ÷ the other.\n\n| N | Helm | flux-helm s | Flux defaults s (ratio) | Flux no-OpenAPI s (ratio) | helm loop s (ratio) | CPU s per release: flux-helm / Flux defaults / Flux no-OpenAPI / helm loop | peak RSS MiB: operator + engine / Flux (both controllers) |\n|---|---|---|---|---|---|---|---|\n");
+        for run in runs.iter().filter(|r| !r.flux.is_empty()) {
+            let c = &run.convergence;
+            let n = run.releases as f64;
+            let ours_cpu = c.cpu_seconds.operator + c.helm_cpu_seconds + c.cpu_seconds.agent;
+            let flux = |variant: super::flux::Variant| {
+                run.flux.iter().find(|f| f.variant == variant).copied()
+            };
+            let defaults = flux(super::flux::Variant::Defaults);
+            let no_openapi = flux(super::flux::Variant::NoOpenapi);
+            let time = |f: Option<super::flux::FluxRun>| {
+                f.map_or("–".into(), |f| {
+                    format!("{:.1} ({})", f.seconds, ratio(c.seconds, f.seconds))
+                })
+            };
+            let cpu = |f: Option<super::flux::FluxRun>| {
+                f.map_or("–".into(), |f| format!("{:.3}", f.cpu_seconds / n))
+            };
+            let b = &run.baseline.install;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {} | {} | {:.1} ({}) | {:.3} / {} / {} / {:.3} | {:.0} / {} |",
+                run.releases,
+                run.engine.as_deref().unwrap_or("cli"),
+                c.seconds,
+                time(defaults),
+                time(no_openapi),
+                b.seconds,
+                ratio(c.seconds, b.seconds),
+                ours_cpu / n,
+                cpu(defaults),
+                cpu(no_openapi),
+                b.cpu_seconds / n,
+                c.peak_rss_mib.operator,
+                defaults.map_or("–".into(), |f| format!("{:.0}", f.peak_rss_mib)),
+            );
+        }
+    }
     md.push_str("\nPer release during convergence: mean seconds per Helm action (the operator's histogram), and the daemons' API requests by verb and resource (the audit log):\n\n| N | s per Helm action | helm-operator requests per release | flux-agent requests per release |\n|---|---|---|---|\n");
     for run in runs {
         let c = &run.convergence;

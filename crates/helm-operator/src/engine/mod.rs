@@ -30,7 +30,7 @@ const SHORT_DEADLINE: Duration = Duration::from_secs(60);
 /// The resident Helm engine.
 pub struct Engine {
     binary: PathBuf,
-    workers: u16,
+    args: Vec<String>,
     kill_slack: Duration,
     next_id: AtomicU64,
     current: tokio::sync::Mutex<Supervised>,
@@ -56,14 +56,23 @@ fn start_backoff() -> ExponentialBackoff {
 }
 
 impl Engine {
-    /// An engine run from `binary` with `workers` concurrent requests; started on first use.
-    pub fn new(binary: PathBuf, workers: u16, metrics: Option<Arc<Metrics>>) -> Engine {
+    /// An engine run from `binary` with `workers` concurrent requests, rendering with or
+    /// without Helm's `lookup`; started on first use.
+    pub fn new(
+        binary: PathBuf,
+        workers: u16,
+        allow_lookup: bool,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Engine {
         let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
         Engine {
             failed,
             failures: std::sync::Mutex::new(Some(failures)),
             binary,
-            workers,
+            args: vec![
+                format!("--workers={workers}"),
+                format!("--allow-lookup={allow_lookup}"),
+            ],
             kill_slack: KILL_SLACK,
             next_id: AtomicU64::new(1),
             current: tokio::sync::Mutex::new(Supervised {
@@ -118,7 +127,7 @@ impl Engine {
         if let Some(not_before) = current.not_before {
             tokio::time::sleep_until(not_before.into()).await;
         }
-        match Process::start(&self.binary, self.workers, self.failed.clone()).await {
+        match Process::start(&self.binary, &self.args, self.failed.clone()).await {
             Ok(process) => {
                 let process = Arc::new(process);
                 tracing::info!(helm = %process.helm, "Helm engine started");

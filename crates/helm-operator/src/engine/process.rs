@@ -62,12 +62,12 @@ impl Process {
     /// hears once when the process fails.
     pub async fn start(
         binary: &Path,
-        workers: u16,
+        args: &[String],
         failed: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<Process, Fault> {
         let mut command = tokio::process::Command::new(binary);
         command
-            .arg(format!("--workers={workers}"))
+            .args(args)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -47,7 +47,7 @@ async fn upgrade(engine: &Engine) -> Result<Option<Landed>, HelmError> {
 #[tokio::test]
 async fn answers_come_back_by_id() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(script(dir.path(), HELLO, LANDED), 2, None);
+    let engine = Engine::new(script(dir.path(), HELLO, LANDED), 2, true, None);
     let landed = upgrade(&engine).await.unwrap();
     assert_eq!(
         landed,
@@ -67,7 +67,7 @@ async fn answers_come_back_by_id() {
 #[tokio::test]
 async fn a_malformed_reply_fails_the_action_and_restarts_the_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(script(dir.path(), HELLO, "echo 'not json'"), 2, None);
+    let engine = Engine::new(script(dir.path(), HELLO, "echo 'not json'"), 2, true, None);
     let err = upgrade(&engine).await.unwrap_err();
     assert!(err.to_string().contains("malformed"), "{err}");
     let err = upgrade(&engine).await.unwrap_err();
@@ -78,7 +78,12 @@ async fn a_malformed_reply_fails_the_action_and_restarts_the_engine() {
 #[tokio::test]
 async fn a_started_engine_that_fails_is_replaced_without_waiting_for_an_action() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(Engine::new(script(dir.path(), HELLO, "exit 3"), 2, None));
+    let engine = Arc::new(Engine::new(
+        script(dir.path(), HELLO, "exit 3"),
+        2,
+        true,
+        None,
+    ));
     engine.start().await.unwrap();
     upgrade(&engine).await.unwrap_err();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -92,7 +97,7 @@ async fn a_started_engine_that_fails_is_replaced_without_waiting_for_an_action()
 async fn an_oversized_reply_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let huge = "head -c 2000000 /dev/zero | tr '\\0' x; echo";
-    let engine = Engine::new(script(dir.path(), HELLO, huge), 2, None);
+    let engine = Engine::new(script(dir.path(), HELLO, huge), 2, true, None);
     let err = upgrade(&engine).await.unwrap_err();
     assert!(err.to_string().contains("over"), "{err}");
 }
@@ -100,7 +105,7 @@ async fn an_oversized_reply_is_refused() {
 #[tokio::test]
 async fn a_hung_engine_is_killed_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = Engine::new(script(dir.path(), HELLO, "sleep 30"), 2, None);
+    let mut engine = Engine::new(script(dir.path(), HELLO, "sleep 30"), 2, true, None);
     engine.kill_slack = Duration::from_millis(100);
     let started = Instant::now();
     let err = upgrade(&engine).await.unwrap_err();
@@ -114,7 +119,7 @@ async fn a_hung_engine_is_killed_at_the_deadline() {
 #[tokio::test]
 async fn an_engine_that_dies_fails_its_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(script(dir.path(), HELLO, "exit 3"), 2, None);
+    let engine = Engine::new(script(dir.path(), HELLO, "exit 3"), 2, true, None);
     let err = upgrade(&engine).await.unwrap_err();
     assert!(err.to_string().contains("exited"), "{err}");
 }
@@ -123,7 +128,12 @@ async fn an_engine_that_dies_fails_its_requests() {
 async fn an_engine_of_another_protocol_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let hello = r#"{"hello":{"protocol":99,"helm":"fake"}}"#;
-    let engine = Arc::new(Engine::new(script(dir.path(), hello, LANDED), 2, None));
+    let engine = Arc::new(Engine::new(
+        script(dir.path(), hello, LANDED),
+        2,
+        true,
+        None,
+    ));
     let err = engine.start().await.unwrap_err();
     assert!(err.to_string().contains("protocol 99"), "{err}");
 }
@@ -132,7 +142,7 @@ async fn an_engine_of_another_protocol_is_refused() {
 async fn helm_errors_keep_their_kind() {
     let dir = tempfile::tempdir().unwrap();
     let failing = r#"echo "{\"id\":$id,\"error\":{\"kind\":\"failed\",\"message\":\"spec.replica: unknown field\"}}""#;
-    let engine = Engine::new(script(dir.path(), HELLO, failing), 2, None);
+    let engine = Engine::new(script(dir.path(), HELLO, failing), 2, true, None);
     let err = upgrade(&engine).await.unwrap_err();
     assert_eq!(err, HelmError::Failed("spec.replica: unknown field".into()));
 }
