@@ -177,6 +177,9 @@ pub async fn converge(
             format!("--metrics-addr=127.0.0.1:{metrics}"),
             format!("--health-addr=127.0.0.1:{health}"),
             "--enable-leader-election=false".to_owned(),
+            // Each variant's controllers see only their own namespace: the HelmReleases an
+            // earlier variant left would otherwise be reconciled again, against artifacts gone.
+            "--watch-all-namespaces=false".to_owned(),
             format!("--concurrent={workers}"),
             "--log-level=error".to_owned(),
         ]

@@ -253,7 +253,8 @@ async fn bench(
     repo.commit("the chart")?;
     let mut flux = Vec::new();
     if let Some(binaries) = flux_binaries {
-        let logs = cp.dir().join("logs");
+        // Flux's logs (errors only) stay beside the report.
+        let logs = crate::root().join(&args.out).join("logs");
         std::fs::create_dir_all(&logs)?;
         for variant in [flux::Variant::Defaults, flux::Variant::NoOpenapi] {
             let run = flux::converge(
