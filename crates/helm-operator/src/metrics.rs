@@ -36,6 +36,9 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Why an engine is replaced: the `reason` label of `fhr_operator_helm_engine_restarts_total`.
+const ENGINE_FAULTS: [&str; 4] = ["exited", "hung", "malformed", "start"];
+
 /// The values of the Ready condition, as the `ready` label of `fhr_operator_releases`.
 const READY_STATES: [&str; 3] = ["True", "False", "Unknown"];
 
@@ -109,6 +112,12 @@ impl Metrics {
             "FluxHelmRelease objects by their Ready condition",
             m.releases.clone(),
         );
+        // Every reason is exported from the start, so that alerts on increase() see the first.
+        for reason in ENGINE_FAULTS {
+            m.engine_restarts
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         // Every state is exported from the start, at 0 until a release is in it.
         for ready in READY_STATES {
             m.releases.get_or_create(&ReadyLabels { ready }).set(0);

@@ -373,3 +373,60 @@ async fn a_killed_operator_takes_its_engine_along_and_the_next_one_recovers() {
 fn nix_kill(pid: u32, signal: &str) {
     output_ok(std::process::Command::new("kill").args([format!("-{signal}"), pid.to_string()]));
 }
+
+#[tokio::test]
+async fn a_crd_installed_after_the_engine_started_still_maps() {
+    let mut env = OperatorEnv::new("crdlater").await;
+    add_app_chart(&env);
+    let group = format!("{}.example.com", env.namespace);
+    env.repo
+        .write(
+            "charts/widget-crd/Chart.yaml",
+            "apiVersion: v2\nname: widget-crd\nversion: 1.0.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/widget-crd/templates/crd.yaml",
+            format!(
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n          type: object\n          properties:\n            spec: {{type: object, properties: {{size: {{type: integer}}}}}}\n"
+            ),
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/widget/Chart.yaml",
+            "apiVersion: v2\nname: widget\nversion: 1.0.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "charts/widget/templates/widget.yaml",
+            format!(
+                "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {{{{ .Release.Name }}}}\nspec:\n  size: 3\n"
+            ),
+        )
+        .unwrap();
+    env.repo.commit("a CRD and a chart that uses it").unwrap();
+    env.start_operator(&[]).await;
+    let engine = engine_pid(&env);
+
+    // The engine learns the cluster's kinds at its first action, before the CRD exists.
+    env.apply("app", spec("app", json!({}))).await;
+    env.wait_for("app", "installed", ready_at(1)).await;
+    env.apply(
+        "widget-crd",
+        json!({"chartGitPath": "widget-crd", "releaseName": "widget-crd"}),
+    )
+    .await;
+    env.wait_for("widget-crd", "installed", ready_at(1)).await;
+    env.apply(
+        "widget",
+        json!({"chartGitPath": "widget", "releaseName": "widget"}),
+    )
+    .await;
+    env.wait_for("widget", "installed with the new kind", ready_at(1))
+        .await;
+    assert_eq!(engine_pid(&env), engine, "the same engine, no restart");
+    assert_eq!(env.operator().metric(RESTARTS).await, 0.0);
+}
