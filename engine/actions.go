@@ -17,7 +17,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/kube"
@@ -32,10 +31,9 @@ const maxMessage = 2000
 
 // engine runs Helm actions against one cluster.
 type engine struct {
-	cluster   *cluster
-	charts    *chartCache
-	clientset kubernetes.Interface
-	logger    slog.Handler
+	cluster *cluster
+	charts  *chartCache
+	logger  slog.Handler
 	// allowLookup false replaces Helm's lookup with one that finds nothing, as `helm template`
 	// renders: a chart author then cannot read the cluster through a template.
 	allowLookup bool
@@ -44,13 +42,18 @@ type engine struct {
 // configuration is Helm's per-action state for one namespace, built on the shared cluster.
 // Helm logs its errors, which quote values: its log goes through a handler that redacts the
 // request's secret values.
-func (e *engine) configuration(namespace string, secrets ...string) (*action.Configuration, error) {
+func (e *engine) configuration(ref ReleaseRef, secrets ...string) (*action.Configuration, error) {
+	namespace := ref.Namespace
+	id, err := e.cluster.as(ref.Namespace, ref.ServiceAccount)
+	if err != nil {
+		return nil, err
+	}
 	logger := e.logger
 	if len(secrets) > 0 {
 		logger = redactingHandler{inner: e.logger, secrets: secrets}
 	}
 	cfg := action.NewConfiguration(action.ConfigurationSetLogger(logger))
-	if err := cfg.Init(namespaceGetter{e.cluster, namespace}, namespace, "secret"); err != nil {
+	if err := cfg.Init(namespaceGetter{e.cluster, namespace, id}, namespace, "secret"); err != nil {
 		return nil, err
 	}
 	caps, err := e.cluster.Capabilities()
@@ -87,7 +90,7 @@ func (e *engine) upgrade(ctx context.Context, r *UpgradeRequest) Reply {
 }
 
 func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
-	cfg, err := e.configuration(r.Namespace, r.Redact...)
+	cfg, err := e.configuration(r.ReleaseRef, r.Redact...)
 	if err != nil {
 		return failure(err)
 	}
@@ -137,7 +140,7 @@ func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
 }
 
 func (e *engine) rollback(ctx context.Context, r *RollbackRequest) Reply {
-	cfg, err := e.configuration(r.Namespace)
+	cfg, err := e.configuration(r.ReleaseRef)
 	if err != nil {
 		return failure(err)
 	}
@@ -158,7 +161,7 @@ func (e *engine) rollback(ctx context.Context, r *RollbackRequest) Reply {
 }
 
 func (e *engine) uninstall(ctx context.Context, r *UninstallRequest) Reply {
-	cfg, err := e.configuration(r.Namespace)
+	cfg, err := e.configuration(r.ReleaseRef)
 	if err != nil {
 		return failure(err)
 	}
@@ -173,7 +176,7 @@ func (e *engine) uninstall(ctx context.Context, r *UninstallRequest) Reply {
 }
 
 func (e *engine) history(r *ReleaseRef) Reply {
-	cfg, err := e.configuration(r.Namespace)
+	cfg, err := e.configuration(*r)
 	if err != nil {
 		return failure(err)
 	}
@@ -194,7 +197,7 @@ func (e *engine) history(r *ReleaseRef) Reply {
 }
 
 func (e *engine) status(r *ReleaseRef) Reply {
-	cfg, err := e.configuration(r.Namespace)
+	cfg, err := e.configuration(*r)
 	if err != nil {
 		return failure(err)
 	}
@@ -209,7 +212,11 @@ func (e *engine) status(r *ReleaseRef) Reply {
 // the action finished. It writes with the record's resourceVersion: if another writer got there
 // first, nothing is overwritten and the answer is a conflict.
 func (e *engine) unlock(ctx context.Context, r *UnlockRequest) Reply {
-	secrets := e.clientset.CoreV1().Secrets(r.Namespace)
+	id, err := e.cluster.as(r.Namespace, r.ServiceAccount)
+	if err != nil {
+		return failure(err)
+	}
+	secrets := id.clientset.CoreV1().Secrets(r.Namespace)
 	name := fmt.Sprintf("sh.helm.release.v1.%s.v%d", r.Release, r.Revision)
 	secret, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {

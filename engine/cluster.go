@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
@@ -28,6 +29,7 @@ type cluster struct {
 
 	mu           sync.Mutex
 	capabilities *common.Capabilities
+	identities   map[string]*identity
 }
 
 func newCluster(kubeconfig string) (*cluster, error) {
@@ -49,16 +51,16 @@ func newCluster(kubeconfig string) (*cluster, error) {
 	}
 	cached := memory.NewMemCacheClient(dc)
 	return &cluster{
-		config:    config,
-		loader:    loader,
-		discovery: cached,
-		mapper:    &refreshingMapper{DeferredDiscoveryRESTMapper: restmapper.NewDeferredDiscoveryRESTMapper(cached), discovery: cached},
+		config:     config,
+		loader:     loader,
+		discovery:  cached,
+		identities: map[string]*identity{},
+		mapper:     &refreshingMapper{DeferredDiscoveryRESTMapper: restmapper.NewDeferredDiscoveryRESTMapper(cached), discovery: cached},
 	}, nil
 }
 
 // The genericclioptions.RESTClientGetter Helm's action.Configuration wants.
 
-func (c *cluster) ToRESTConfig() (*rest.Config, error) { return rest.CopyConfig(c.config), nil }
 func (c *cluster) ToDiscoveryClient() (discovery.CachedDiscoveryInterface, error) {
 	return c.discovery, nil
 }
@@ -152,11 +154,55 @@ func isNoMatch(err error) bool {
 	return meta.IsNoMatchError(err) || errors.As(err, &noKind) || errors.As(err, &noResource)
 }
 
-// namespaceGetter is the shared cluster seen from one release namespace: Helm puts objects that
-// name no namespace into the namespace its client config reports.
+// identity is the REST config and clientset of one user the engine acts as.
+type identity struct {
+	config    *rest.Config
+	clientset kubernetes.Interface
+}
+
+// as returns the identity of ServiceAccount name of namespace, or the engine's own for "".
+// Only the user is impersonated: the API server adds a ServiceAccount's groups itself, so the
+// operator needs the impersonate verb on serviceaccounts and nothing on groups.
+func (c *cluster) as(namespace, name string) (*identity, error) {
+	user := ""
+	if name != "" {
+		user = "system:serviceaccount:" + namespace + ":" + name
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id, ok := c.identities[user]; ok {
+		return id, nil
+	}
+	config := rest.CopyConfig(c.config)
+	config.Impersonate = rest.ImpersonationConfig{UserName: user}
+	clientset, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return nil, err
+	}
+	id := &identity{config: config, clientset: clientset}
+	if len(c.identities) >= maxIdentities {
+		// Clients are cheap to make again; a bound keeps tenants from growing this forever.
+		clear(c.identities)
+	}
+	c.identities[user] = id
+	return id, nil
+}
+
+// maxIdentities bounds the cached identities (one per ServiceAccount in use).
+const maxIdentities = 1024
+
+// namespaceGetter is the shared cluster seen from one release namespace as one identity: Helm
+// puts objects that name no namespace into the namespace its client config reports, and every
+// request (lookup included) goes out as the identity. Discovery and the REST mapping are shared:
+// they describe the cluster's kinds, not what the identity may do.
 type namespaceGetter struct {
 	*cluster
 	namespace string
+	identity  *identity
+}
+
+func (g namespaceGetter) ToRESTConfig() (*rest.Config, error) {
+	return rest.CopyConfig(g.identity.config), nil
 }
 
 func (g namespaceGetter) ToRawKubeConfigLoader() clientcmd.ClientConfig {

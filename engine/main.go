@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"helm.sh/helm/v4/pkg/chart/common"
@@ -52,11 +51,7 @@ func serve(in io.Reader, out io.Writer, workers int, kubeconfig string, allowLoo
 	if err != nil {
 		return fmt.Errorf("cluster configuration: %w", err)
 	}
-	clientset, err := kubernetes.NewForConfig(cl.config)
-	if err != nil {
-		return err
-	}
-	e := &engine{cluster: cl, charts: newChartCache(256), clientset: clientset, logger: logger, allowLookup: allowLookup}
+	e := &engine{cluster: cl, charts: newChartCache(256), logger: logger, allowLookup: allowLookup}
 	w := &replies{enc: json.NewEncoder(out)}
 	if err := w.send(Hello{HelloBody{Protocol: ProtocolVersion, Helm: common.DefaultCapabilities.HelmVersion.Version, Workers: workers}}); err != nil {
 		return err

@@ -33,10 +33,13 @@ type Request struct {
 	Cancel     *CancelRequest    `json:"cancel,omitempty"`
 }
 
-// ReleaseRef names a release.
+// ReleaseRef names a release, and the ServiceAccount of its namespace that acts on it.
 type ReleaseRef struct {
 	Release   string `json:"release"`
 	Namespace string `json:"namespace"`
+	// ServiceAccount, when set, is impersonated for everything done for this request: the
+	// actions, Helm's storage, and the templates' lookup.
+	ServiceAccount string `json:"service_account,omitempty"`
 }
 
 // UpgradeRequest installs or upgrades a release (helm upgrade --install --reset-values).

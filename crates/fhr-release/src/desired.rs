@@ -52,6 +52,9 @@ pub struct Desired {
     pub rollback: RollbackPolicy,
     /// `spec.suspend`.
     pub suspend: bool,
+    /// The ServiceAccount (of the release's namespace) Helm acts as: `spec.serviceAccountName`,
+    /// else the operator's default (set by the caller); `None`: the operator's own rights.
+    pub service_account: Option<String>,
 }
 
 impl Desired {
@@ -111,6 +114,7 @@ fn from_resource(
         max_history: spec.max_history,
         rollback,
         suspend: spec.suspend.unwrap_or(false),
+        service_account: spec.service_account_name.clone(),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Upgrade<'a> {
     pub max_history: Option<i32>,
     /// Values read from Secrets: an engine removes them from every message it writes.
     pub secret_values: &'a [String],
+    /// Act as this ServiceAccount of `namespace` (impersonated); `None`: the operator itself.
+    pub service_account: Option<&'a str>,
 }
 
 /// A rollback (`helm rollback`).
@@ -48,6 +50,8 @@ pub struct Rollback<'a> {
     pub wait: bool,
     /// Helm's `--no-hooks`.
     pub disable_hooks: bool,
+    /// Act as this ServiceAccount of `namespace` (impersonated); `None`: the operator itself.
+    pub service_account: Option<&'a str>,
 }
 
 /// The revision an install, upgrade or rollback left, when the implementation knows it without
@@ -86,12 +90,14 @@ pub trait Helm: Send + Sync + 'static {
         &self,
         request: &Rollback<'_>,
     ) -> impl Future<Output = Result<Option<Landed>, HelmError>> + Send;
-    /// Uninstalls a release (succeeds when it is already gone).
+    /// Uninstalls a release (succeeds when it is already gone), as `service_account` of
+    /// `namespace` when set.
     fn uninstall(
         &self,
         release: &str,
         namespace: &str,
         timeout: Duration,
+        service_account: Option<&str>,
     ) -> impl Future<Output = Result<(), HelmError>> + Send;
     /// Marks `revision`, left `pending-*` by an interrupted action, failed in Helm's storage, as
     /// Helm would have had the action finished.
@@ -100,6 +106,7 @@ pub trait Helm: Send + Sync + 'static {
         release: &str,
         namespace: &str,
         revision: i64,
+        service_account: Option<&str>,
     ) -> impl Future<Output = Result<(), HelmError>> + Send;
 }
 
@@ -200,6 +207,7 @@ pub mod fake {
             release: &str,
             _namespace: &str,
             _timeout: Duration,
+            _service_account: Option<&str>,
         ) -> Result<(), HelmError> {
             self.answer(
                 "uninstall",
@@ -214,6 +222,7 @@ pub mod fake {
             release: &str,
             _namespace: &str,
             revision: i64,
+            _service_account: Option<&str>,
         ) -> Result<(), HelmError> {
             self.answer(
                 "unlock",

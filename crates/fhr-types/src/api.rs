@@ -91,6 +91,16 @@ pub struct FluxHelmReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_history: Option<i32>,
+
+    /// A ServiceAccount of this resource's namespace: every Helm action for the release runs
+    /// as it (impersonated), with its rights. Unset: the operator's
+    /// `--default-service-account`, or the operator's own rights when that is unset too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub service_account_name: Option<String>,
 }
 
 /// One source of values: a key of a ConfigMap or Secret in the resource's namespace.

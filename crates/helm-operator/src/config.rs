@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "HELM_ENGINE_BIN", default_value = "fhr-helm-engine")]
     pub helm_engine_bin: PathBuf,
 
+    /// The ServiceAccount (of each release's own namespace) that releases naming no
+    /// `spec.serviceAccountName` act as. Unset, such releases act with the operator's own
+    /// rights: set it to lock a shared cluster down.
+    #[arg(long, env = "DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
+
     /// Let chart templates read the cluster with Helm's `lookup`, with the operator's rights.
     /// `false` renders with no cluster access: `lookup` finds nothing, as in `helm template`
     /// (charts that keep a generated password by looking up their own Secret then make a new

@@ -146,6 +146,7 @@ impl Helm for HelmCli {
             args.push("--labels".into());
             args.push(labels.join(","));
         }
+        args.extend(impersonation(request.namespace, request.service_account));
         if request.wait {
             args.push("--wait".into());
         }
@@ -180,6 +181,7 @@ impl Helm for HelmCli {
             args.push("--no-hooks".into());
         }
         args.push("--force-conflicts".into());
+        args.extend(impersonation(request.namespace, request.service_account));
         self.run("rollback", args, request.timeout)
             .await
             .map(|()| None)
@@ -190,8 +192,9 @@ impl Helm for HelmCli {
         release: &str,
         namespace: &str,
         timeout: Duration,
+        service_account: Option<&str>,
     ) -> Result<(), HelmError> {
-        let args = vec![
+        let mut args = vec![
             "uninstall".into(),
             release.into(),
             "--namespace".into(),
@@ -200,10 +203,19 @@ impl Helm for HelmCli {
             "--timeout".into(),
             fhr_types::duration::to_go_duration(timeout),
         ];
+        args.extend(impersonation(namespace, service_account));
         self.run("uninstall", args, timeout).await
     }
 
-    async fn unlock(&self, release: &str, namespace: &str, revision: i64) -> Result<(), HelmError> {
+    /// Marks the revision failed in Helm's storage, with the operator's own client: the CLI
+    /// fallback does not impersonate here (the engine does).
+    async fn unlock(
+        &self,
+        release: &str,
+        namespace: &str,
+        revision: i64,
+        _service_account: Option<&str>,
+    ) -> Result<(), HelmError> {
         let client = self
             .client
             .as_ref()
@@ -242,19 +254,52 @@ impl Helm for Backend {
         release: &str,
         namespace: &str,
         timeout: Duration,
+        service_account: Option<&str>,
     ) -> Result<(), HelmError> {
         match self {
-            Backend::Engine(engine) => engine.uninstall(release, namespace, timeout).await,
-            Backend::Cli(cli) => cli.uninstall(release, namespace, timeout).await,
+            Backend::Engine(engine) => {
+                engine
+                    .uninstall(release, namespace, timeout, service_account)
+                    .await
+            }
+            Backend::Cli(cli) => {
+                cli.uninstall(release, namespace, timeout, service_account)
+                    .await
+            }
         }
     }
 
-    async fn unlock(&self, release: &str, namespace: &str, revision: i64) -> Result<(), HelmError> {
+    async fn unlock(
+        &self,
+        release: &str,
+        namespace: &str,
+        revision: i64,
+        service_account: Option<&str>,
+    ) -> Result<(), HelmError> {
         match self {
-            Backend::Engine(engine) => engine.unlock(release, namespace, revision).await,
-            Backend::Cli(cli) => cli.unlock(release, namespace, revision).await,
+            Backend::Engine(engine) => {
+                engine
+                    .unlock(release, namespace, revision, service_account)
+                    .await
+            }
+            Backend::Cli(cli) => {
+                cli.unlock(release, namespace, revision, service_account)
+                    .await
+            }
         }
     }
+}
+
+/// helm's flag to act as a ServiceAccount of `namespace` (the API server adds its groups).
+fn impersonation(namespace: &str, service_account: Option<&str>) -> Vec<String> {
+    service_account
+        .map(|account| {
+            vec![
+                "--kube-as-user".to_owned(),
+                format!("system:serviceaccount:{namespace}:{account}"),
+            ]
+        })
+        .unwrap_or_default()
 }
 
 /// Helm's error output as a short message: the `Error:` line(s), trimmed and bounded.
@@ -314,7 +359,7 @@ mod tests {
         helm.grace = Duration::from_millis(200);
         let err = tokio::time::timeout(
             Duration::from_secs(20),
-            helm.uninstall("r", "ns", Duration::from_millis(100)),
+            helm.uninstall("r", "ns", Duration::from_millis(100), None),
         )
         .await
         .expect("the deadline stops helm long before the script's 30 s")

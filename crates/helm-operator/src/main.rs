@@ -171,6 +171,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
             charts_path: config.charts_path.clone(),
             default_timeout: config.helm_timeout,
             sync_interval: config.charts_sync_interval,
+            default_service_account: config.default_service_account.clone(),
         },
     });
     tracing::info!(workers = config.workers, "controller starting");

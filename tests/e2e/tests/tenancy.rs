@@ -278,3 +278,134 @@ async fn without_lookup_a_chart_reads_nothing_of_the_cluster() {
     closed.apply("peek", spec).await;
     closed.wait_for("peek", "installed", ready).await;
 }
+
+/// A tenant's set-up in `namespace`: ServiceAccount `deployer` with every right in that
+/// namespace and none outside. (A real cluster would bind the built-in `admin` role, as
+/// docs/security.md shows; here no controller-manager aggregates its rules, so a Role says the
+/// same explicitly.)
+async fn tenant_account(client: &kube::Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::{Api, PostParams};
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "deployer"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "namespace-admin"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "deployer-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "namespace-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": namespace}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// A chart that makes a ConfigMap and, when asked, binds its ServiceAccount to cluster-admin.
+fn add_escalating_chart(env: &e2e::operator::OperatorEnv) {
+    env.repo
+        .write(
+            "charts/escalate/Chart.yaml",
+            "apiVersion: v2\nname: escalate\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write("charts/escalate/values.yaml", "escalate: false\n")
+        .unwrap();
+    env.repo
+        .write(
+            "charts/escalate/templates/objects.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  ok: \"yes\"\n\
+             {{- if .Values.escalate }}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata:\n  name: {{ .Release.Name }}-{{ .Release.Namespace }}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  \
+             kind: ClusterRole\n  name: cluster-admin\nsubjects:\n  - kind: ServiceAccount\n    name: deployer\n    \
+             namespace: {{ .Release.Namespace }}\n{{- end }}\n",
+        )
+        .unwrap();
+    env.repo.commit("a chart that may escalate").unwrap();
+}
+
+#[tokio::test]
+async fn a_release_acts_as_its_service_account_and_cannot_escalate() {
+    use e2e::operator::{OperatorEnv, ready, ready_message};
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let mut env = OperatorEnv::new("tenant").await;
+    add_escalating_chart(&env);
+    tenant_account(&env.client, &env.namespace).await;
+    env.start_operator(&[]).await;
+    let as_deployer = |escalate: bool| {
+        serde_json::json!({"chartGitPath": "escalate", "serviceAccountName": "deployer",
+            "values": [{"name": "escalate", "value": escalate}]})
+    };
+    env.apply("ok", as_deployer(false)).await;
+    env.wait_for("ok", "installed as the tenant", ready).await;
+
+    // The same chart asking for cluster-admin is refused by the API server, as the tenant.
+    env.apply("grab", as_deployer(true)).await;
+    let fhr = env.wait_condition("grab", "False", "InstallFailed").await;
+    let message = ready_message(&fhr);
+    let user = format!("system:serviceaccount:{}:deployer", env.namespace);
+    assert!(
+        message.contains(&user) && message.contains("clusterrolebindings"),
+        "the condition names the account and what it may not do: {message}"
+    );
+    let bindings: kube::Api<ClusterRoleBinding> = kube::Api::all(env.client.clone());
+    let name = format!("{}-grab-{}", env.namespace, env.namespace);
+    assert!(bindings.get_opt(&name).await.unwrap().is_none());
+    // The tenant's other release carries on.
+    env.wait_for("ok", "still ready", ready).await;
+
+    // Lookup runs with the tenant's rights too: another namespace's Secret is forbidden.
+    let victim = e2e::unique_name("victim");
+    fhr_testenv::create_namespace(&env.client, &victim)
+        .await
+        .unwrap();
+    add_peeking_chart(&env, &victim);
+    env.apply(
+        "peek",
+        serde_json::json!({"chartGitPath": "peek", "serviceAccountName": "deployer"}),
+    )
+    .await;
+    let fhr = env.wait_condition("peek", "False", "InstallFailed").await;
+    assert!(
+        ready_message(&fhr).contains("forbidden"),
+        "{}",
+        ready_message(&fhr)
+    );
+}
+
+#[tokio::test]
+async fn a_default_service_account_locks_down_releases_that_name_none() {
+    use e2e::operator::{OperatorEnv, ready, ready_message};
+    let mut env = OperatorEnv::new("lockdown").await;
+    add_escalating_chart(&env);
+    env.start_operator(&["--default-service-account=deployer"])
+        .await;
+    // No such account yet: the release may do nothing, and says as whom it tried.
+    env.apply("app", serde_json::json!({"chartGitPath": "escalate"}))
+        .await;
+    let fhr = env.wait_condition("app", "False", "InstallFailed").await;
+    let user = format!("system:serviceaccount:{}:deployer", env.namespace);
+    assert!(
+        ready_message(&fhr).contains(&user),
+        "{}",
+        ready_message(&fhr)
+    );
+    // Once the tenant's account exists, the retry installs as it.
+    tenant_account(&env.client, &env.namespace).await;
+    env.wait_for("app", "installed once the account exists", ready)
+        .await;
+}

@@ -17,8 +17,13 @@ pub(super) async fn run<H: Helm>(
 ) -> Result<Option<Landed>, HelmError> {
     let request = upgrade::request(plan, true)?;
     if reinstall {
-        helm.uninstall(request.release, request.namespace, request.timeout)
-            .await?;
+        helm.uninstall(
+            request.release,
+            request.namespace,
+            request.timeout,
+            request.service_account,
+        )
+        .await?;
     }
     helm.upgrade(&request).await
 }

@@ -197,6 +197,7 @@ mod tests {
                 disable_hooks: false,
             },
             suspend: false,
+            service_account: None,
         }
     }
 

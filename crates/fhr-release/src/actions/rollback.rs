@@ -23,6 +23,7 @@ pub(super) async fn run<H: Helm>(
         timeout: policy.timeout,
         wait: policy.wait,
         disable_hooks: policy.disable_hooks,
+        service_account: plan.desired.service_account.as_deref(),
     })
     .await
 }

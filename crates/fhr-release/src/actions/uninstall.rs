@@ -15,8 +15,9 @@ pub async fn uninstall<H: Helm>(
     release: &str,
     namespace: &str,
     timeout: Duration,
+    service_account: Option<&str>,
 ) -> Result<(), (Told, HelmError)> {
-    helm.uninstall(release, namespace, timeout)
+    helm.uninstall(release, namespace, timeout, service_account)
         .await
         .map_err(|e| {
             let told = Told {
@@ -38,10 +39,25 @@ mod tests {
     #[test]
     fn a_failed_uninstall_names_the_release_and_the_error() {
         let helm = FakeHelm::default();
-        assert!(now(uninstall(&helm, "team-web", "team", Duration::from_secs(1))).is_ok());
+        assert!(
+            now(uninstall(
+                &helm,
+                "team-web",
+                "team",
+                Duration::from_secs(1),
+                None
+            ))
+            .is_ok()
+        );
         helm.fail("uninstall", HelmError::Failed("forbidden".into()));
-        let (told, _) =
-            now(uninstall(&helm, "team-web", "team", Duration::from_secs(1))).unwrap_err();
+        let (told, _) = now(uninstall(
+            &helm,
+            "team-web",
+            "team",
+            Duration::from_secs(1),
+            None,
+        ))
+        .unwrap_err();
         assert_eq!(told.reason, reason::UNINSTALL_FAILED);
         assert_eq!(
             told.message,

@@ -15,8 +15,10 @@ pub async fn unlock<H: Helm>(
     release: &str,
     namespace: &str,
     latest: &Revision,
+    service_account: Option<&str>,
 ) -> Result<Told, HelmError> {
-    helm.unlock(release, namespace, latest.number).await?;
+    helm.unlock(release, namespace, latest.number, service_account)
+        .await?;
     Ok(Told {
         warning: true,
         reason: reason::UNLOCKED,
@@ -44,7 +46,7 @@ mod tests {
             owner: None,
             digest: None,
         };
-        let told = now(unlock(&helm, "team-web", "team", &latest)).unwrap();
+        let told = now(unlock(&helm, "team-web", "team", &latest, None)).unwrap();
         assert_eq!(told.reason, reason::UNLOCKED);
         assert!(told.message.contains("revision 4"), "{}", told.message);
         assert!(told.message.contains("pending-upgrade"), "{}", told.message);

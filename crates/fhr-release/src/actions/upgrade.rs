@@ -26,6 +26,7 @@ pub(super) fn request<'a>(plan: &Plan<'a>, install: bool) -> Result<Upgrade<'a>,
         wait: plan.desired.wait,
         max_history: plan.desired.max_history,
         secret_values: plan.redactor.values(),
+        service_account: plan.desired.service_account.as_deref(),
     })
 }
 

@@ -254,6 +254,7 @@ impl Helm for Engine {
             release: ReleaseRef {
                 release: request.release,
                 namespace: request.namespace,
+                service_account: request.service_account,
             },
             install: request.install,
             chart_dir: &chart_dir,
@@ -280,6 +281,7 @@ impl Helm for Engine {
             release: ReleaseRef {
                 release: request.release,
                 namespace: request.namespace,
+                service_account: request.service_account,
             },
             revision: request.revision,
             timeout_ms: millis(request.timeout),
@@ -297,18 +299,33 @@ impl Helm for Engine {
         release: &str,
         namespace: &str,
         timeout: Duration,
+        service_account: Option<&str>,
     ) -> Result<(), HelmError> {
         let op = Op::Uninstall {
-            release: ReleaseRef { release, namespace },
+            release: ReleaseRef {
+                release,
+                namespace,
+                service_account,
+            },
             timeout_ms: millis(timeout),
         };
         let outcome = self.call("uninstall", op, timeout + ENGINE_SLACK).await?;
         landed(outcome, timeout).map(drop)
     }
 
-    async fn unlock(&self, release: &str, namespace: &str, revision: i64) -> Result<(), HelmError> {
+    async fn unlock(
+        &self,
+        release: &str,
+        namespace: &str,
+        revision: i64,
+        service_account: Option<&str>,
+    ) -> Result<(), HelmError> {
         let op = Op::Unlock {
-            release: ReleaseRef { release, namespace },
+            release: ReleaseRef {
+                release,
+                namespace,
+                service_account,
+            },
             revision,
         };
         let outcome = self.call("unlock", op, SHORT_DEADLINE).await?;

@@ -30,13 +30,16 @@ pub struct HelloBody {
     pub helm: String,
 }
 
-/// A release's name and namespace.
+/// A release's name and namespace, and the ServiceAccount of that namespace that acts on it.
 #[derive(Debug, Serialize)]
 pub struct ReleaseRef<'a> {
     /// Release name.
     pub release: &'a str,
     /// Release namespace.
     pub namespace: &'a str,
+    /// Impersonated for everything the request does; absent: the operator's own identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<&'a str>,
 }
 
 /// One request line.
@@ -162,6 +165,7 @@ mod tests {
                 release: ReleaseRef {
                     release: "web",
                     namespace: "apps",
+                    service_account: Some("deployer"),
                 },
                 install: true,
                 chart_dir: "/charts/abc",
@@ -177,6 +181,7 @@ mod tests {
         assert_eq!(line["id"], 7);
         assert_eq!(line["upgrade"]["release"], "web");
         assert_eq!(line["upgrade"]["values"]["replicas"], 2);
+        assert_eq!(line["upgrade"]["service_account"], "deployer");
     }
 
     #[test]

@@ -40,6 +40,7 @@ async fn upgrade(engine: &Engine) -> Result<Option<Landed>, HelmError> {
             wait: false,
             max_history: None,
             secret_values: &[],
+            service_account: None,
         })
         .await
 }

@@ -84,11 +84,12 @@ pub async fn gather<H: Helm>(
     status: &mut FluxHelmReleaseStatus,
 ) -> Result<Gather, Error> {
     let settings = &ctx.settings;
-    let desired = match Desired::from_resource(fhr, &settings.charts_path, settings.default_timeout)
-    {
-        Ok(desired) => desired,
-        Err(e) => return Ok(Gather::Blocked(Blocked::Stalled(e))),
-    };
+    let mut desired =
+        match Desired::from_resource(fhr, &settings.charts_path, settings.default_timeout) {
+            Ok(desired) => desired,
+            Err(e) => return Ok(Gather::Blocked(Blocked::Stalled(e))),
+        };
+    desired.service_account = settings.service_account(fhr).map(str::to_owned);
     if desired.suspend {
         return Ok(Gather::Suspended);
     }

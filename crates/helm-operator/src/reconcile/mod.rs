@@ -42,6 +42,18 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// How often a release is checked again when nothing changed.
     pub sync_interval: Duration,
+    /// The ServiceAccount releases act as when they name none (`--default-service-account`).
+    pub default_service_account: Option<String>,
+}
+
+impl Settings {
+    /// The ServiceAccount a resource's Helm actions run as: its own, else the default.
+    pub fn service_account<'a>(&'a self, fhr: &'a FluxHelmRelease) -> Option<&'a str> {
+        fhr.spec
+            .service_account_name
+            .as_deref()
+            .or(self.default_service_account.as_deref())
+    }
 }
 
 /// Everything a reconcile needs.
@@ -303,9 +315,15 @@ async fn apply<H: Helm>(
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
         let release = gathered.desired.release.clone();
-        let told = actions::unlock(&ctx.helm, &release, &gathered.namespace, &latest)
-            .await
-            .map_err(|source| Error::Unlock { release, source })?;
+        let told = actions::unlock(
+            &ctx.helm,
+            &release,
+            &gathered.namespace,
+            &latest,
+            gathered.desired.service_account.as_deref(),
+        )
+        .await
+        .map_err(|source| Error::Unlock { release, source })?;
         report.tell(&told).await;
         let history =
             storage::history(&ctx.client, &gathered.namespace, &gathered.desired.release).await?;
@@ -470,7 +488,9 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
         Desired::from_resource(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
             .map(|d| d.timeout)
             .unwrap_or(ctx.settings.default_timeout);
-    if let Err((told, source)) = actions::uninstall(&ctx.helm, &release, &namespace, timeout).await
+    let service_account = ctx.settings.service_account(fhr);
+    if let Err((told, source)) =
+        actions::uninstall(&ctx.helm, &release, &namespace, timeout, service_account).await
     {
         let event = kube::runtime::events::Event {
             type_: EventType::Warning,
