@@ -197,6 +197,20 @@ impl OperatorEnv {
             .collect()
     }
 
+    /// The Events of the test's namespace, as (reason, message) pairs.
+    pub async fn events(&self) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+
     /// Waits until the operator has reconciled at least `count` more times than now.
     pub async fn reconciles(&self, count: f64) {
         let start = self

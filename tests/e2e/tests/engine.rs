@@ -111,16 +111,12 @@ async fn every_helm_step_runs_in_the_engine_and_the_helm_cli_reads_what_it_wrote
     failing["rollback"] = json!({"enable": true});
     env.apply("app", failing).await;
     env.wait_condition("app", "False", "RolledBack").await;
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(env.client.clone(), &env.namespace);
-    let refusals: Vec<String> = events
-        .list(&Default::default())
+    let refusals: Vec<String> = env
+        .events()
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("UpgradeFailed"))
-        .filter_map(|e| e.message)
+        .filter(|(reason, _)| reason == "UpgradeFailed")
+        .map(|(_, message)| message)
         .collect();
     assert!(
         refusals.iter().any(|m| m.contains("99999")),

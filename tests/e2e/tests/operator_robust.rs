@@ -601,15 +601,11 @@ async fn values_from_config_maps_and_secrets_merge_in_order_and_secrets_never_le
         "{}",
         ready_message(&fhr)
     );
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(env.client.clone(), &env.namespace);
-    let notes: String = events
-        .list(&Default::default())
+    let notes: String = env
+        .events()
         .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|e| e.message.clone())
+        .into_iter()
+        .map(|(_, message)| message)
         .collect();
     assert!(!notes.contains(&canary), "secret value in an Event");
     assert!(
@@ -692,15 +688,6 @@ async fn objects_edited_or_deleted_by_hand_are_restored_and_no_drift_runs_no_hel
         helm + 2.0,
         "one upgrade per drift"
     );
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(env.client.clone(), &env.namespace);
-    let reasons: Vec<String> = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     assert!(reasons.iter().any(|r| r == "DriftDetected"), "{reasons:?}");
 }
