@@ -139,7 +139,7 @@ func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
 	return landed(rel)
 }
 
-func (e *engine) rollback(ctx context.Context, r *RollbackRequest) Reply {
+func (e *engine) rollback(r *RollbackRequest) Reply {
 	cfg, err := e.configuration(r.ReleaseRef)
 	if err != nil {
 		return failure(err)
@@ -150,7 +150,9 @@ func (e *engine) rollback(ctx context.Context, r *RollbackRequest) Reply {
 	rollback.WaitStrategy = waitStrategy(r.Wait)
 	rollback.DisableHooks = r.DisableHooks
 	rollback.ForceConflicts = true
-	if err := run(ctx, func() error { return rollback.Run(r.Release) }); err != nil {
+	// Helm's rollback takes no context: it ends at its own timeout, or with the engine if the
+	// operator's deadline passes first. Never answered early while it goes on writing.
+	if err := rollback.Run(r.Release); err != nil {
 		return failure(err)
 	}
 	last, err := cfg.Releases.Last(r.Release)
@@ -160,7 +162,7 @@ func (e *engine) rollback(ctx context.Context, r *RollbackRequest) Reply {
 	return landed(last)
 }
 
-func (e *engine) uninstall(ctx context.Context, r *UninstallRequest) Reply {
+func (e *engine) uninstall(r *UninstallRequest) Reply {
 	cfg, err := e.configuration(r.ReleaseRef)
 	if err != nil {
 		return failure(err)
@@ -169,7 +171,8 @@ func (e *engine) uninstall(ctx context.Context, r *UninstallRequest) Reply {
 	uninstall.Timeout = time.Duration(r.TimeoutMS) * time.Millisecond
 	uninstall.IgnoreNotFound = true
 	uninstall.WaitStrategy = kube.HookOnlyStrategy
-	if err := run(ctx, func() error { _, err := uninstall.Run(r.Release); return err }); err != nil {
+	// As rollback: no context, bounded by its timeout and the operator's deadline.
+	if _, err := uninstall.Run(r.Release); err != nil {
 		return failure(err)
 	}
 	return Reply{Done: &struct{}{}}
@@ -243,19 +246,6 @@ func (e *engine) unlock(ctx context.Context, r *UnlockRequest) Reply {
 		return failure(err)
 	}
 	return Reply{Landed: &Landed{Revision: rel.Version, Status: string(common.StatusFailed)}}
-}
-
-// run runs an action that takes no context, answering when ctx ends even if the action has not:
-// the operator then restarts the engine, which ends the action too.
-func run(ctx context.Context, f func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 func landed(rel ri.Releaser) Reply {

@@ -123,9 +123,9 @@ func (e *engine) handle(ctx context.Context, req *Request) (reply Reply) {
 	case req.Upgrade != nil:
 		return e.upgrade(ctx, req.Upgrade)
 	case req.Rollback != nil:
-		return e.rollback(ctx, req.Rollback)
+		return e.rollback(req.Rollback)
 	case req.Uninstall != nil:
-		return e.uninstall(ctx, req.Uninstall)
+		return e.uninstall(req.Uninstall)
 	case req.History != nil:
 		return e.history(req.History)
 	case req.Status != nil:
