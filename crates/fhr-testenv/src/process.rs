@@ -82,15 +82,7 @@ impl OwnedChild {
 
     /// Whether the process is still running (an exited child not yet reaped counts as ended).
     pub fn is_running(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .map(|stat| {
-                // The state follows the command name, which is in parentheses.
-                let state = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next());
-                state.is_some_and(|s| s != "Z" && s != "X")
-            })
-            .unwrap_or(false)
+        alive(self.child.id())
     }
 
     /// The exit status if the process has ended.
@@ -154,6 +146,57 @@ pub fn tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// The fields of /proc/<pid>/stat that tests and the benchmark read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// The command name (cut to 15 bytes by the kernel).
+    pub comm: String,
+    /// The state letter (`R`, `S`, `T`, `Z`, …).
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// User and system clock ticks of the process itself.
+    pub ticks: u64,
+    /// User and system clock ticks of its children that were reaped.
+    pub children_ticks: u64,
+}
+
+/// /proc/<pid>/stat; `None` when there is no such process (a reaped one included).
+pub fn stat(pid: u32) -> Option<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; fields are counted after it.
+    let open = stat.find('(')?;
+    let (name, rest) = stat[open + 1..].rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    // After the name: state (0), ppid (1), …, utime (11), stime (12), cutime (13), cstime (14).
+    Some(Stat {
+        comm: name.to_owned(),
+        state: fields.first()?.chars().next()?,
+        ppid: u32::try_from(number(1)).ok()?,
+        ticks: number(11) + number(12),
+        children_ticks: number(13) + number(14),
+    })
+}
+
+/// Whether `pid` is a live process: neither gone nor a zombie.
+pub fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// The live processes whose parent is `parent`.
+pub fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == parent) && alive(*pid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The first number after `key` (`VmHWM:`, `Threads:`, …) in /proc/<pid>/status; memory
 /// figures are in KiB. `None` when the process is gone or has no such line.
 pub fn status_value(pid: u32, key: &str) -> Option<u64> {
@@ -165,4 +208,18 @@ pub fn status_value(pid: u32, key: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod stat_tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_as_alive_with_its_parent() {
+        let me = stat(std::process::id()).unwrap();
+        assert!(alive(std::process::id()));
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(children(me.ppid).contains(&std::process::id()));
+        assert!(stat(u32::MAX).is_none());
+    }
 }

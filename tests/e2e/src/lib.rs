@@ -347,33 +347,13 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
     fhr_testenv::http::request(addr, "GET", path, &[], b"").await
 }
 
-/// Processes whose parent is `parent` and whose command name is `name` (Linux /proc).
+/// Live processes whose parent is `parent` and whose command name is `name` (the kernel cuts
+/// names to 15 bytes).
 pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            proc_stat(*pid).is_some_and(|(comm, state, ppid)| {
-                ppid == parent && state != 'Z' && name.starts_with(&comm)
-            })
-        })
+    fhr_testenv::process::children(parent)
+        .into_iter()
+        .filter(|pid| fhr_testenv::process::stat(*pid).is_some_and(|s| name.starts_with(&s.comm)))
         .collect()
 }
 
-/// Whether `pid` is a live process (a zombie is not).
-pub fn process_alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(_, state, _)| state != 'Z')
-}
-
-/// (command name, state, parent pid) from /proc/PID/stat; the name is cut to 15 bytes there.
-fn proc_stat(pid: u32) -> Option<(String, char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_owned();
-    let mut rest = stat[close + 2..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, state, ppid))
-}
+pub use fhr_testenv::process::alive as process_alive;

@@ -300,12 +300,7 @@ async fn service_account_tokens_carry_only_their_rbac_rights() {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    // A reaped process has no /proc entry; a zombie's state is 'Z'.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"))
-        .unwrap_or(false)
-}
+use fhr_testenv::process::alive as process_alive;
 
 #[tokio::test]
 async fn a_control_plane_stops_and_cleans_up_when_its_test_panics() {

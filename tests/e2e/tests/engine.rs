@@ -213,6 +213,17 @@ async fn a_misspelled_field_fails_with_the_api_servers_message() {
     env.wait_for("typo", "installed after the fix", ready).await;
 }
 
+/// A running operator whose engine is in the middle of installing `release` (its name is the
+/// test's prefix too), and that engine's pid.
+async fn operator_mid_install(release: &str) -> (OperatorEnv, u32) {
+    let mut env = OperatorEnv::new(release).await;
+    add_app_chart(&env);
+    env.start_operator(&[]).await;
+    let engine = engine_pid(&env);
+    start_waiting_install(&env, release).await;
+    (env, engine)
+}
+
 /// Installs `release` with `wait` on a Deployment that never becomes ready (no kubelet here),
 /// so the install stays `pending-install` in the engine until its timeout.
 async fn start_waiting_install(env: &OperatorEnv, release: &str) {
@@ -246,16 +257,13 @@ async fn converges_without_wait(env: &OperatorEnv, release: &str) {
         "{history:?}"
     );
     assert_eq!(env.operator().metric(CLI_PROCESSES).await, 0.0);
+    // Exactly one live engine: nothing was left behind.
     engine_pid(env);
 }
 
 #[tokio::test]
 async fn a_killed_engine_is_restarted_and_its_release_does_not_stay_pending() {
-    let mut env = OperatorEnv::new("killed").await;
-    add_app_chart(&env);
-    env.start_operator(&[]).await;
-    let engine = engine_pid(&env);
-    start_waiting_install(&env, "killed").await;
+    let (env, engine) = operator_mid_install("killed").await;
 
     // SIGKILL the engine in the middle of the install.
     nix_kill(engine, "KILL");
@@ -263,18 +271,17 @@ async fn a_killed_engine_is_restarted_and_its_release_does_not_stay_pending() {
         .wait_metric(&format!("{RESTARTS}{{reason=\"exited\"}}"), 1.0)
         .await;
     converges_without_wait(&env, "killed").await;
-    assert!(!process_alive(engine), "the killed engine was reaped");
+    assert!(
+        fhr_testenv::process::stat(engine).is_none(),
+        "the killed engine was reaped, not left a zombie"
+    );
     let replacement = engine_pid(&env);
     assert_ne!(replacement, engine);
 }
 
 #[tokio::test]
 async fn a_hung_engine_is_killed_at_the_deadline_and_replaced() {
-    let mut env = OperatorEnv::new("hung").await;
-    add_app_chart(&env);
-    env.start_operator(&[]).await;
-    let engine = engine_pid(&env);
-    start_waiting_install(&env, "hung").await;
+    let (env, engine) = operator_mid_install("hung").await;
 
     // Stopped, the engine answers nothing: the request's deadline (Helm's 10 s timeout plus
     // the engine's and the operator's slack) kills it.
@@ -341,11 +348,7 @@ async fn a_malformed_reply_restarts_the_engine_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_killed_operator_takes_its_engine_along_and_the_next_one_recovers() {
-    let mut env = OperatorEnv::new("orphan").await;
-    add_app_chart(&env);
-    env.start_operator(&[]).await;
-    let engine = engine_pid(&env);
-    start_waiting_install(&env, "orphan").await;
+    let (mut env, engine) = operator_mid_install("orphan").await;
 
     let mut operator = env.operator.take().unwrap();
     operator.process.kill();

@@ -25,31 +25,24 @@ pub struct ProcessSample {
 impl ProcessSample {
     /// Reads /proc/<pid>/stat and /proc/<pid>/status.
     pub fn read(pid: u32) -> anyhow::Result<ProcessSample> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("process {pid} is gone"))?;
-        // The command name is in parentheses and may hold spaces; fields are counted after it.
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // utime, stime, cutime, cstime are fields 14..=17 of stat, i.e. 11..=14 after the name.
-        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0) };
+        let stat =
+            fhr_testenv::process::stat(pid).with_context(|| format!("process {pid} is gone"))?;
         let per_second = clock_ticks_per_second();
         let kib =
             |key: &str| -> f64 { fhr_testenv::process::status_value(pid, key).unwrap_or(0) as f64 };
         Ok(ProcessSample {
-            cpu_seconds: (ticks(11) + ticks(12)) / per_second,
-            children_cpu_seconds: (ticks(13) + ticks(14)) / per_second,
+            cpu_seconds: stat.ticks as f64 / per_second,
+            children_cpu_seconds: stat.children_ticks as f64 / per_second,
             rss_mib: kib("VmRSS:") / 1024.0,
             peak_rss_mib: kib("VmHWM:") / 1024.0,
         })
     }
-}
 
-impl ProcessSample {
     /// The process plus its live children (the operator's Helm engine): their own CPU, and
     /// their resident and peak memory, are added to the process's.
     pub fn read_with_children(pid: u32) -> anyhow::Result<ProcessSample> {
         let mut sample = ProcessSample::read(pid)?;
-        for child in live_children(pid) {
+        for child in fhr_testenv::process::children(pid) {
             let Ok(child) = ProcessSample::read(child) else {
                 continue;
             };
@@ -59,28 +52,6 @@ impl ProcessSample {
         }
         Ok(sample)
     }
-}
-
-/// Pids whose parent is `pid`.
-fn live_children(pid: u32) -> Vec<u32> {
-    let parent = pid.to_string();
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|child| {
-                    std::fs::read_to_string(format!("/proc/{child}/stat"))
-                        .ok()
-                        .and_then(|stat| {
-                            let after = stat.rsplit_once(')')?.1.to_owned();
-                            after.split_whitespace().nth(1).map(|p| p == parent)
-                        })
-                        .unwrap_or(false)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[allow(unsafe_code)]

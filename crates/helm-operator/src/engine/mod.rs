@@ -178,9 +178,13 @@ impl Engine {
         cancel.process = None;
         match answer {
             Ok(Ok(reply)) => {
-                let mut current = self.current.lock().await;
-                current.backoff = start_backoff();
-                current.not_before = None;
+                // An engine that answers has started well: the next failed start backs off
+                // from the beginning. Once per process, not a lock on every reply.
+                if process.first_answer() {
+                    let mut current = self.current.lock().await;
+                    current.backoff = start_backoff();
+                    current.not_before = None;
+                }
                 Ok(reply.outcome)
             }
             Ok(Err(fault)) => Err(fault_error(fault)),

@@ -53,6 +53,8 @@ pub struct Process {
     /// Set once the process is known broken; no new request is sent to it.
     broken: Arc<Mutex<Option<Fault>>>,
     stop: Arc<tokio::sync::Notify>,
+    /// Set at its first answer: from then on it counts as a good start.
+    answered: std::sync::atomic::AtomicBool,
     /// The Helm version the engine reported.
     pub helm: String,
 }
@@ -116,8 +118,16 @@ impl Process {
             waiters,
             broken,
             stop,
+            answered: std::sync::atomic::AtomicBool::new(false),
             helm: hello.hello.helm,
         })
+    }
+
+    /// True the first time it is called after an answer came back, false afterwards.
+    pub fn first_answer(&self) -> bool {
+        !self
+            .answered
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the process has failed and must be replaced.
