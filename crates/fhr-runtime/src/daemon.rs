@@ -35,6 +35,8 @@ pub struct Daemon {
     pub shutdown: CancellationToken,
     /// The API client, naming the daemon in its User-Agent.
     pub client: kube::Client,
+    /// The configuration `client` was made from.
+    pub config: kube::Config,
     /// The state folder (`--state-dir`, or a temporary one removed on exit).
     pub state_dir: PathBuf,
     _temporary: Option<tempfile::TempDir>,
@@ -65,13 +67,15 @@ impl Daemon {
         ));
         let (state_dir, temporary) =
             crate::state_dir(state_dir, &format!("{name}-")).map_err(DaemonError::StateDir)?;
-        let client = crate::kube::client(name, version)
+        let config = crate::kube::config(name, version)
             .await
             .map_err(DaemonError::Client)?;
+        let client = kube::Client::try_from(config.clone()).map_err(DaemonError::Client)?;
         Ok(Daemon {
             health,
             shutdown,
             client,
+            config,
             state_dir,
             _temporary: temporary,
             admin,

@@ -18,7 +18,7 @@ pub mod tools;
 pub mod workdir;
 
 pub use control_plane::{
-    ControlPlane, Options as ControlPlaneOptions, StartError, client_from_kubeconfig,
+    Audit, ControlPlane, Options as ControlPlaneOptions, StartError, client_from_kubeconfig,
     create_namespace, free_port, free_ports,
 };
 pub use git_server::{Behaviour as GitServerBehaviour, GitServer, GitServerOptions, TestRepo};
@@ -38,7 +38,10 @@ pub async fn shared_control_plane() -> &'static ControlPlane {
     static SHARED: tokio::sync::OnceCell<ControlPlane> = tokio::sync::OnceCell::const_new();
     SHARED
         .get_or_init(|| async {
-            match ControlPlane::start().await {
+            let options = ControlPlaneOptions {
+                audit: Audit::ConfigMapAndSecretWrites,
+            };
+            match ControlPlane::start_with(options).await {
                 Ok(cp) => cp,
                 Err(e) => panic!("cannot start the test control plane: {e}"),
             }

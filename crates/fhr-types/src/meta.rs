@@ -84,6 +84,9 @@ pub mod reason {
     pub const GIT_NOT_SYNCED: &str = "GitNotSynced";
     /// The release belongs to another FluxHelmRelease, or to nobody and adoption was not asked for.
     pub const RELEASE_CONFLICT: &str = "ReleaseConflict";
+    /// The release's ServiceAccount may not read Helm's storage or a valuesFrom source (retried
+    /// with backoff until RBAC allows it).
+    pub const FORBIDDEN: &str = "Forbidden";
     /// Objects of an in-sync release were changed or deleted by hand (an Event; an upgrade restores them).
     pub const DRIFT_DETECTED: &str = "DriftDetected";
 }

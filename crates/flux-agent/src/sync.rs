@@ -156,10 +156,12 @@ impl Syncer {
                 Some(ns) => Api::namespaced_with(self.client.clone(), ns, &apply.resource),
                 None => Api::all_with(self.client.clone(), &apply.resource),
             };
+            // Strict, as kubectl validates: a field the schema lacks (a typo, or a `namespace`
+            // on a valuesFrom reference) is an error naming the file, not silently dropped.
             match api
                 .patch(
                     &apply.name,
-                    &PatchParams::apply(MANAGER).force(),
+                    &PatchParams::apply(MANAGER).force().validation_strict(),
                     &Patch::Apply(&apply.object),
                 )
                 .await

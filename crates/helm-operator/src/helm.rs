@@ -5,6 +5,7 @@
 //! Every call has a deadline, its own `HELM_*_HOME` folders, and its values in a private file
 //! (mode 0600) that is removed afterwards. Values never reach argv, the environment or a log line.
 
+use crate::identity::Identities;
 use crate::metrics::Metrics;
 use fhr_release::helm::{Helm, HelmError, Landed, Rollback, Upgrade};
 use serde_json::{Map, Value};
@@ -27,17 +28,17 @@ pub struct HelmCli {
     home: PathBuf,
     grace: Duration,
     /// Unlocking is a compare-and-swap on Helm's storage, not a helm command.
-    client: Option<kube::Client>,
+    identities: Option<Arc<Identities>>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl HelmCli {
     /// Runs `binary` with its cache, config and data folders and values files under `home`;
-    /// `client` reaches Helm's storage (to unlock), `metrics` count the processes.
+    /// `identities` reach Helm's storage (to unlock), `metrics` count the processes.
     pub fn new(
         binary: PathBuf,
         home: PathBuf,
-        client: Option<kube::Client>,
+        identities: Option<Arc<Identities>>,
         metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<HelmCli> {
         for sub in ["cache", "config", "data", "values"] {
@@ -47,7 +48,7 @@ impl HelmCli {
             binary,
             home,
             grace: GRACE,
-            client,
+            identities,
             metrics,
         })
     }
@@ -207,20 +208,21 @@ impl Helm for HelmCli {
         self.run("uninstall", args, timeout).await
     }
 
-    /// Marks the revision failed in Helm's storage, with the operator's own client: the CLI
-    /// fallback does not impersonate here (the engine does).
+    /// Marks the revision failed in Helm's storage, as `service_account` like every other step.
     async fn unlock(
         &self,
         release: &str,
         namespace: &str,
         revision: i64,
-        _service_account: Option<&str>,
+        service_account: Option<&str>,
     ) -> Result<(), HelmError> {
         let client = self
-            .client
+            .identities
             .as_ref()
-            .ok_or_else(|| HelmError::Io("no API client to reach Helm's storage".into()))?;
-        crate::storage::mark_failed(client, namespace, release, revision)
+            .ok_or_else(|| HelmError::Io("no API client to reach Helm's storage".into()))?
+            .client(namespace, service_account)
+            .map_err(|e| HelmError::Io(e.to_string()))?;
+        crate::storage::mark_failed(&client, namespace, release, revision)
             .await
             .map_err(|e| HelmError::Io(e.to_string()))
     }

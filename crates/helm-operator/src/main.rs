@@ -8,6 +8,7 @@ mod engine;
 mod explain;
 mod gitwatch;
 mod helm;
+mod identity;
 mod metrics;
 mod reconcile;
 mod status;
@@ -58,6 +59,10 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         daemon.shutdown.clone(),
     );
     let state_dir = daemon.state_dir.clone();
+    let identities = Arc::new(identity::Identities::new(
+        daemon.config.clone(),
+        client.clone(),
+    ));
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
     if !crd::wait_for_crd(&client, &health, &shutdown).await {
@@ -109,7 +114,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         config::HelmEngine::Cli => helm::Backend::Cli(helm::HelmCli::new(
             config.helm_bin.clone(),
             state_dir.join("helm"),
-            Some(client.clone()),
+            Some(identities.clone()),
             Some(metrics.clone()),
         )?),
     };
@@ -157,6 +162,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     let ctx = Arc::new(reconcile::Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        identities,
         helm,
         charts,
         git: view_rx,

@@ -18,9 +18,30 @@ pub enum SourceError {
     /// A required object or key is missing, or its content is not a values map: the user fixes it.
     #[error("{0}")]
     Invalid(String),
+    /// The API server refused the read to whoever acts for the release.
+    #[error("{what}: {message}")]
+    Forbidden {
+        /// The source, as `ConfigMap namespace/name key k`.
+        what: String,
+        /// The API server's refusal (it names the user, the verb and the resource).
+        message: String,
+    },
     /// The API could not be asked.
     #[error("reading valuesFrom sources: {0}")]
     Api(#[source] kube::Error),
+}
+
+impl SourceError {
+    /// Sorts an API error reading `what`.
+    fn api(what: &str, error: kube::Error) -> SourceError {
+        match crate::identity::forbidden(&error) {
+            Some(message) => SourceError::Forbidden {
+                what: what.to_owned(),
+                message: message.to_owned(),
+            },
+            None => SourceError::Api(error),
+        }
+    }
 }
 
 /// The merged values and what must never appear in a message.
@@ -32,7 +53,8 @@ pub struct Resolved {
     pub secrets: Redactor,
 }
 
-/// Reads every source of `fhr` and merges them under `values` (the tree of `spec.values`).
+/// Reads every source of `fhr` and merges them under `values` (the tree of `spec.values`), with
+/// `client`: the release's ServiceAccount, so a release reads only what its account may.
 pub async fn resolve(
     client: &kube::Client,
     fhr: &FluxHelmRelease,
@@ -75,7 +97,7 @@ async fn config_map(
     let object = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&reference.name)
         .await
-        .map_err(SourceError::Api)?;
+        .map_err(|e| SourceError::api(&what, e))?;
     let text = object.and_then(|c| c.data).and_then(|mut d| d.remove(key));
     missing_or(text.map(|t| (t, false, what.clone())), reference, &what)
 }
@@ -91,7 +113,7 @@ async fn secret(
     let object = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(&reference.name)
         .await
-        .map_err(SourceError::Api)?;
+        .map_err(|e| SourceError::api(&what, e))?;
     let bytes = object.and_then(|s| s.data).and_then(|mut d| d.remove(key));
     let text = match bytes {
         Some(bytes) => Some(

@@ -357,3 +357,51 @@ pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
 }
 
 pub use fhr_testenv::process::alive as process_alive;
+
+/// The audit events of the shared control plane so far (it records ConfigMap and Secret writes:
+/// who made a chart's objects and Helm's release records, and as whom).
+pub async fn audit_events() -> Vec<Value> {
+    let path = shared_control_plane().await.audit_log();
+    std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Who a write to `resource` `namespace/name` was authorised as, per audit event (the
+/// impersonated user, else the authenticated one), with the verb and whether it was a dry run.
+/// Events without a name (a create may have none) match any `name`.
+pub async fn audited_writers(
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, bool)> {
+    audit_events()
+        .await
+        .iter()
+        .filter(|e| {
+            let object = &e["objectRef"];
+            object["resource"] == resource
+                && object["namespace"] == namespace
+                && object["name"].as_str().is_none_or(|n| n == name)
+                && e["responseStatus"]["code"]
+                    .as_i64()
+                    .is_some_and(|c| c < 300)
+        })
+        .map(|e| {
+            let acting = e["impersonatedUser"]["username"]
+                .as_str()
+                .or(e["user"]["username"].as_str())
+                .unwrap_or_default();
+            let dry_run = e["requestURI"]
+                .as_str()
+                .is_some_and(|u| u.contains("dryRun=All"));
+            (
+                acting.to_owned(),
+                e["verb"].as_str().unwrap_or_default().to_owned(),
+                dry_run,
+            )
+        })
+        .collect()
+}

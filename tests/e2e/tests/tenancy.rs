@@ -352,6 +352,56 @@ async fn a_release_acts_as_its_service_account_and_cannot_escalate() {
     };
     env.apply("ok", as_deployer(false)).await;
     env.wait_for("ok", "installed as the tenant", ready).await;
+    let user = format!("system:serviceaccount:{}:deployer", env.namespace);
+    let release = format!("{}-ok", env.namespace);
+    let record = |revision: i64| format!("sh.helm.release.v1.{release}.v{revision}");
+    // The API server authorised every write of the install as the tenant: the chart's object
+    // and Helm's release record.
+    let only_tenant = |writers: Vec<(String, String, bool)>| {
+        if !writers.is_empty() && writers.iter().all(|(who, _, _)| *who == user) {
+            Ok(())
+        } else {
+            Err(format!("{writers:?}"))
+        }
+    };
+    eventually(
+        "the install audited as the tenant",
+        Duration::from_secs(30),
+        || async {
+            only_tenant(e2e::audited_writers("configmaps", &env.namespace, &release).await)?;
+            only_tenant(e2e::audited_writers("secrets", &env.namespace, &record(1)).await)
+        },
+    )
+    .await;
+
+    // A hand edit: the drift check (a dry-run apply) and the upgrade that restores the object
+    // run as the tenant too; the edit is the only other write.
+    let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let edit = serde_json::json!({"data": {"ok": "edited by hand"}});
+    config_maps
+        .patch(
+            &release,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    env.wait_for("ok", "restored at revision 2", e2e::operator::ready_at(2))
+        .await;
+    let writers = e2e::audited_writers("configmaps", &env.namespace, &release).await;
+    assert!(
+        writers
+            .iter()
+            .any(|(who, verb, dry_run)| *who == user && verb == "patch" && *dry_run),
+        "the drift check's dry run, as the tenant: {writers:?}"
+    );
+    assert_eq!(
+        writers.iter().filter(|(who, _, _)| *who != user).count(),
+        1,
+        "only the hand edit is not the tenant's: {writers:?}"
+    );
+    only_tenant(e2e::audited_writers("secrets", &env.namespace, &record(2)).await).unwrap();
 
     // The same chart asking for cluster-admin is refused by the API server, as the tenant.
     env.apply("grab", as_deployer(true)).await;
@@ -367,6 +417,25 @@ async fn a_release_acts_as_its_service_account_and_cannot_escalate() {
     assert!(bindings.get_opt(&name).await.unwrap().is_none());
     // The tenant's other release carries on.
     env.wait_for("ok", "still ready", ready).await;
+
+    // Deleting the resource uninstalls as the tenant.
+    env.delete("ok").await;
+    eventually(
+        "the uninstall audited as the tenant",
+        Duration::from_secs(60),
+        || async {
+            let writers = e2e::audited_writers("configmaps", &env.namespace, &release).await;
+            if writers
+                .iter()
+                .any(|(who, verb, _)| *who == user && verb == "delete")
+            {
+                Ok(())
+            } else {
+                Err(format!("{writers:?}"))
+            }
+        },
+    )
+    .await;
 
     // Lookup runs with the tenant's rights too: another namespace's Secret is forbidden.
     let victim = e2e::unique_name("victim");
@@ -390,22 +459,85 @@ async fn a_release_acts_as_its_service_account_and_cannot_escalate() {
 #[tokio::test]
 async fn a_default_service_account_locks_down_releases_that_name_none() {
     use e2e::operator::{OperatorEnv, ready, ready_message};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
     let mut env = OperatorEnv::new("lockdown").await;
     add_escalating_chart(&env);
     env.start_operator(&["--default-service-account=deployer"])
         .await;
-    // No such account yet: the release may do nothing, and says as whom it tried.
-    env.apply("app", serde_json::json!({"chartGitPath": "escalate"}))
-        .await;
-    let fhr = env.wait_condition("app", "False", "InstallFailed").await;
+    // Values from a Secret the operator could read, but the account cannot.
+    let values: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app-values"}, "stringData": {"values.yaml": "escalate: false\n"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &values)
+        .await
+        .unwrap();
+    // No such account yet: the release reads and does nothing, and says as whom it tried.
+    env.apply(
+        "app",
+        serde_json::json!({"chartGitPath": "escalate",
+            "valuesFrom": [{"secretKeyRef": {"name": "app-values"}}]}),
+    )
+    .await;
+    let fhr = env.wait_condition("app", "False", "Forbidden").await;
     let user = format!("system:serviceaccount:{}:deployer", env.namespace);
+    let message = ready_message(&fhr);
     assert!(
-        ready_message(&fhr).contains(&user),
-        "{}",
-        ready_message(&fhr)
+        message.contains(&user)
+            && message.contains("Secret")
+            && message.contains("app-values")
+            && message.contains("cannot get resource \"secrets\""),
+        "names the account, the verb and the resource refused: {message}"
     );
-    // Once the tenant's account exists, the retry installs as it.
+    assert!(
+        env.helm_history(&format!("{}-app", env.namespace))
+            .is_empty(),
+        "nothing was installed"
+    );
+    // Once the tenant's account exists, the retry (with backoff) installs as it.
     tenant_account(&env.client, &env.namespace).await;
     env.wait_for("app", "installed once the account exists", ready)
         .await;
+}
+
+#[tokio::test]
+async fn a_values_source_in_another_namespace_is_refused() {
+    // The API has no field for one; strict validation (kubectl's default, and flux-agent's)
+    // refuses the field rather than dropping it and reading this namespace's Secret instead.
+    let mut env = AgentEnv::new("elsewhere").await;
+    env.start_agent(&[]).await;
+    env.repo
+        .write(
+            "releaseconfig/peek.yaml",
+            format!(
+                "{}  valuesFrom:\n    - secretKeyRef:\n        name: canary\n        namespace: kube-system\n",
+                env.manifest("peek", "webapp")
+            ),
+        )
+        .unwrap();
+    env.repo
+        .write(
+            "releaseconfig/borrow.yaml",
+            format!(
+                "{}  serviceAccountName: kube-system:admin\n",
+                env.manifest("borrow", "webapp")
+            ),
+        )
+        .unwrap();
+    let state = env.commit_and_sync("sources elsewhere").await;
+    let errors = &state["errors"];
+    assert!(
+        errors.contains("releaseconfig/peek.yaml")
+            && errors.contains("secretKeyRef.namespace: field not declared in schema"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("releaseconfig/borrow.yaml") && errors.contains("serviceAccountName"),
+        "{errors}"
+    );
+    let api = env.api(&env.namespace);
+    assert!(api.get_opt("peek").await.unwrap().is_none());
+    assert!(api.get_opt("borrow").await.unwrap().is_none());
 }

@@ -220,9 +220,11 @@ async fn bench(
     args: &Args,
     flux_binaries: Option<&(PathBuf, PathBuf)>,
 ) -> anyhow::Result<Run> {
-    let cp = ControlPlane::start_with(ControlPlaneOptions { audit_log: true })
-        .await
-        .context("start the control plane")?;
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        audit: fhr_testenv::Audit::Everything,
+    })
+    .await
+    .context("start the control plane")?;
     let client = bench_client(&cp).await?;
     crate::demo::install_crd(&client).await?;
     for namespace in [NAMESPACE, BASELINE_NAMESPACE] {

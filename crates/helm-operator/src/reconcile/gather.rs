@@ -5,6 +5,7 @@
 
 use super::{Context, Error, short};
 use crate::gitwatch::GitView;
+use crate::identity::forbidden;
 use crate::{drift, storage, values_from};
 use fhr_git::{ObjectId, Snapshot};
 use fhr_release::desired::{self, Desired, SpecError};
@@ -36,6 +37,8 @@ pub enum Blocked {
     ChartRefused(String),
     /// Another resource owns, or has the prior claim to, the release.
     Claimed(String),
+    /// The release's ServiceAccount may not read Helm's storage or a valuesFrom source.
+    Forbidden(String),
 }
 
 /// What a decision is made from.
@@ -56,6 +59,8 @@ pub struct Gathered {
     pub digest: String,
     /// This resource, as an owner in Helm's storage.
     pub me: Owner,
+    /// The API client acting for the release (as its ServiceAccount, if it has one).
+    pub client: kube::Client,
     /// Helm's history of the release.
     pub history: History,
     /// The release's state.
@@ -110,11 +115,19 @@ pub async fn gather<H: Helm>(
     };
 
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
-    let resolved = match values_from::resolve(&ctx.client, fhr, &namespace, &desired.values).await {
+    let account = desired.service_account.as_deref();
+    let client = ctx.identities.client(&namespace, account)?;
+    let resolved = match values_from::resolve(&client, fhr, &namespace, &desired.values).await {
         Ok(resolved) => resolved,
         Err(values_from::SourceError::Api(e)) => return Err(Error::Kube(e)),
         Err(values_from::SourceError::Invalid(message)) => {
             return Ok(Gather::Blocked(Blocked::InvalidValuesFrom(message)));
+        }
+        Err(values_from::SourceError::Forbidden { what, message }) => {
+            return Ok(Gather::Blocked(Blocked::Forbidden(format!(
+                "{} may not read {what}: {message}",
+                acting(&namespace, account)
+            ))));
         }
     };
     let digest = desired::digest(&tree.to_string(), &resolved.values);
@@ -124,7 +137,18 @@ pub async fn gather<H: Helm>(
     // Claims are read from the watch's store: it must hold every resource before they count
     // (immediate once the first list is in).
     let _ = ctx.store.wait_until_ready().await;
-    let history = storage::history(&ctx.client, &namespace, &desired.release).await?;
+    let history = match storage::history(&client, &namespace, &desired.release).await {
+        Ok(history) => history,
+        Err(storage::StorageError::Api(e)) if forbidden(&e).is_some() => {
+            return Ok(Gather::Blocked(Blocked::Forbidden(forbidden_storage(
+                &namespace,
+                account,
+                &desired.release,
+                &e,
+            ))));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let claims = claims(&ctx.store, fhr, &namespace, &desired.release);
     let holder = history.latest().and_then(|r| r.owner.as_ref());
     match state::rightful(&claims, holder) {
@@ -158,7 +182,7 @@ pub async fn gather<H: Helm>(
     if state == ReleaseState::InSync
         && let Some(latest) = history.latest()
     {
-        let found = detect_drift(ctx, &namespace, &desired.release, latest.number).await;
+        let found = detect_drift(ctx, &client, &namespace, &desired.release, latest.number).await;
         let (act_on, ignored) = fhr_release::drift::triage(&mut status.drift, &digest, found);
         if !ignored.is_empty() {
             warn!(fields = ?ignored, "drift that an upgrade did not correct (something else keeps changing these values); ignoring it until the chart or values change");
@@ -174,6 +198,7 @@ pub async fn gather<H: Helm>(
         redactor: resolved.secrets,
         digest,
         me,
+        client,
         history,
         state,
         holder_left,
@@ -220,11 +245,12 @@ fn chart_not_found(desired: &Desired, snapshot: &Snapshot, git: &GitView) -> Str
 /// fatal: the release is in sync as far as Helm knows.
 async fn detect_drift<H: Helm>(
     ctx: &Context<H>,
+    client: &kube::Client,
     namespace: &str,
     release: &str,
     revision: i64,
 ) -> Vec<Drifted> {
-    let manifest = match storage::manifest(&ctx.client, namespace, release, revision).await {
+    let manifest = match storage::manifest(client, namespace, release, revision).await {
         Ok(manifest) => manifest,
         Err(e) => {
             warn!(error = %e, "cannot read the release manifest to look for drift");
@@ -237,7 +263,7 @@ async fn detect_drift<H: Helm>(
         revision,
         manifest: &manifest,
     };
-    match drift::detect(&ctx.client, &ctx.resources, &ctx.confirmed, &check).await {
+    match drift::detect(client, &ctx.resources, &ctx.confirmed, &check).await {
         Ok(found) => found,
         Err(e) => {
             warn!(error = %e, "cannot compare the release's objects with the cluster");
@@ -280,6 +306,29 @@ pub fn claims(
         .collect();
     claims.push(claim(me));
     claims
+}
+
+/// Who acts for a release, as messages name it.
+fn acting(namespace: &str, service_account: Option<&str>) -> String {
+    match service_account {
+        Some(account) => format!("ServiceAccount {namespace}/{account}"),
+        None => "the operator".to_owned(),
+    }
+}
+
+/// The message for a refused read of Helm's storage: who tried, and the API server's words
+/// (which name the user, the verb and the resource).
+pub fn forbidden_storage(
+    namespace: &str,
+    service_account: Option<&str>,
+    release: &str,
+    error: &kube::Error,
+) -> String {
+    format!(
+        "{} may not read the Helm records of release {release}: {}",
+        acting(namespace, service_account),
+        forbidden(error).unwrap_or_default()
+    )
 }
 
 /// What ChartFetched says when the chart was found.

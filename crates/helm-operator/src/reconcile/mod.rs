@@ -7,6 +7,7 @@ mod report;
 
 use crate::charts::ChartCache;
 use crate::gitwatch::GitView;
+use crate::identity::Identities;
 use crate::metrics::Metrics;
 use crate::{drift, storage};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -58,8 +59,10 @@ impl Settings {
 
 /// Everything a reconcile needs.
 pub struct Context<H: Helm> {
-    /// API client.
+    /// The operator's own API client: its resources, Events, discovery.
     pub client: kube::Client,
+    /// Clients acting as a release's ServiceAccount, for everything done for the release.
+    pub identities: Arc<Identities>,
     /// The Helm engine.
     pub helm: H,
     /// Exported charts.
@@ -175,6 +178,10 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The release's ServiceAccount may not read what the reconcile needs (reported in status;
+    /// retried with backoff, as RBAC may be granted later).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl Error {
@@ -187,6 +194,7 @@ impl Error {
             Error::Unlock { .. } => "unlock_error",
             Error::Uninstall { .. } => "uninstall_error",
             Error::Finalizer(_) => "finalizer_error",
+            Error::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -282,21 +290,18 @@ async fn apply<H: Helm>(
 ) -> Result<Action, Error> {
     let settings = &ctx.settings;
     let mut report = Report::new(fhr, api, ctx, result_label);
-    let mut gathered = match gather::gather(fhr, ctx, &mut report.status).await? {
+    let gathered = match gather::gather(fhr, ctx, &mut report.status).await? {
         Gather::Suspended => {
             info!("suspended; no action");
             return Ok(Action::await_change());
         }
         Gather::Blocked(blocked) => {
             report.blocked(&blocked).await?;
-            return Ok(match blocked {
-                // Only editing the spec helps.
-                Blocked::Stalled(_) => Action::await_change(),
-                Blocked::GitNotSynced(_) => Action::requeue(Duration::from_secs(5)),
-                // A commit that changes the chart folder, a change to a valuesFrom source, or the
-                // owner leaving re-queues this resource; the interval is the safety net.
-                _ => Action::requeue(settings.sync_interval),
-            });
+            return match blocked {
+                // As an error, so that it is retried with this resource's backoff.
+                Blocked::Forbidden(message) => Err(Error::Forbidden(message)),
+                blocked => Ok(requeue_blocked(&blocked, settings)),
+            };
         }
         Gather::Facts(gathered) => *gathered,
     };
@@ -306,7 +311,29 @@ async fn apply<H: Helm>(
         condition::CHART_FETCHED,
         Some((Truth::True, reason::CHART_FETCHED, &fetched)),
     );
+    decide_and_act(report, gathered).await
+}
 
+/// When a blocked resource is looked at again.
+fn requeue_blocked(blocked: &Blocked, settings: &Settings) -> Action {
+    match blocked {
+        // Only editing the spec helps.
+        Blocked::Stalled(_) => Action::await_change(),
+        Blocked::GitNotSynced(_) => Action::requeue(Duration::from_secs(5)),
+        // A commit that changes the chart folder, a change to a valuesFrom source, or the
+        // owner leaving re-queues this resource; the interval is the safety net.
+        _ => Action::requeue(settings.sync_interval),
+    }
+}
+
+/// Decides the step from the gathered facts (unlocking first when an action was interrupted),
+/// takes it, and reports.
+async fn decide_and_act<H: Helm>(
+    mut report: Report<'_, H>,
+    mut gathered: Gathered,
+) -> Result<Action, Error> {
+    let ctx = report.ctx();
+    let settings = &ctx.settings;
     let mut step = gathered.state.step(&gathered.desired.release);
     tracing::debug!(state = ?gathered.state, ?step, "decided");
     if step == Step::Unlock {
@@ -325,8 +352,12 @@ async fn apply<H: Helm>(
         .await
         .map_err(|source| Error::Unlock { release, source })?;
         report.tell(&told).await;
-        let history =
-            storage::history(&ctx.client, &gathered.namespace, &gathered.desired.release).await?;
+        let history = storage::history(
+            &gathered.client,
+            &gathered.namespace,
+            &gathered.desired.release,
+        )
+        .await?;
         gathered.reclassify(history, &report.status);
         step = gathered.state.step(&gathered.desired.release);
         tracing::debug!(state = ?gathered.state, ?step, "decided after unlocking");
@@ -407,10 +438,14 @@ async fn act<H: Helm>(
     let revision = match &done.result {
         // The engine's answer says which revision the action left; the CLI's does not.
         Ok(Some(landed)) => Some((landed.revision, landed.status.clone())),
-        _ => storage::history(&ctx.client, &gathered.namespace, &gathered.desired.release)
-            .await?
-            .latest()
-            .map(|latest| (latest.number, latest.status.to_string())),
+        _ => storage::history(
+            &gathered.client,
+            &gathered.namespace,
+            &gathered.desired.release,
+        )
+        .await?
+        .latest()
+        .map(|latest| (latest.number, latest.status.to_string())),
     };
     let error = match &done.result {
         Ok(_) => None,
@@ -475,7 +510,20 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
         return Ok(Action::await_change());
     };
     let _release_lock = ctx.locks.lock(&namespace, &release).await;
-    let history = storage::history(&ctx.client, &namespace, &release).await?;
+    let service_account = ctx.settings.service_account(fhr);
+    let as_release = ctx.identities.client(&namespace, service_account)?;
+    let history = match storage::history(&as_release, &namespace, &release).await {
+        Ok(history) => history,
+        Err(storage::StorageError::Api(e)) if crate::identity::forbidden(&e).is_some() => {
+            return Err(Error::Forbidden(gather::forbidden_storage(
+                &namespace,
+                service_account,
+                &release,
+                &e,
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let me = record::owner(&namespace, &fhr.name_any());
     let ours = history
         .latest()
@@ -488,7 +536,6 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
         Desired::from_resource(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
             .map(|d| d.timeout)
             .unwrap_or(ctx.settings.default_timeout);
-    let service_account = ctx.settings.service_account(fhr);
     if let Err((told, source)) =
         actions::uninstall(&ctx.helm, &release, &namespace, timeout, service_account).await
     {

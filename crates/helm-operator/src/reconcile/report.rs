@@ -117,6 +117,7 @@ impl<'a, H: Helm> Report<'a, H> {
                 Truth::False,
                 Some("Decide"),
             ),
+            Blocked::Forbidden(m) => (reason::FORBIDDEN, m, None, Truth::False, Some("Authorize")),
         };
         let changed = !self.status.conditions.iter().any(|c| {
             c.type_ == condition::READY
