@@ -181,6 +181,10 @@ pub struct FluxHelmReleaseStatus {
     /// Consecutive failed attempts since the last success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<i64>,
+    /// The value of the reconcile-at annotation the last reconcile handled: a client that sets
+    /// the annotation waits for it here (`kubectl fhr reconcile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
     /// What the drift check set out to correct and what it found it cannot correct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftMemory>,
@@ -212,11 +216,14 @@ pub struct DriftMemory {
 impl FluxHelmRelease {
     /// The condition of the given type, if the status has one.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
+        self.status.as_ref()?.condition(type_)
+    }
+}
+
+impl FluxHelmReleaseStatus {
+    /// The condition of the given type, if there is one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
     }
 }
 

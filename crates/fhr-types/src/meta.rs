@@ -16,6 +16,8 @@ pub const AGENT_STATE_LABEL: &str = "helm.integrations.flux.weave.works/agent-st
 pub const AGENT_COMMIT_ANNOTATION: &str = "helm.integrations.flux.weave.works/commit";
 /// Annotation a user sets (to any new value, e.g. a timestamp) to ask for an immediate reconcile.
 pub const RECONCILE_REQUEST_ANNOTATION: &str = "helm.integrations.flux.weave.works/reconcile-at";
+/// Key of flux-agent's state object holding the last reconcile-at request a sync handled.
+pub const LAST_HANDLED_RECONCILE_KEY: &str = "lastHandledReconcileAt";
 
 /// Condition types written to `status.conditions`.
 pub mod condition {

@@ -204,12 +204,13 @@ impl OnFetch for Syncing<'_> {
             Ok(snapshot) => {
                 let commit = snapshot.commit();
                 if let Some((scope, why)) = self.schedule.due(&commit, agent.sync_interval) {
+                    let request = agent.state.pending_request();
                     let started = Instant::now();
                     match agent.syncer.sync(&snapshot, scope).await {
                         Ok(report) => {
                             agent.metrics.sync(&report, started);
                             agent.log(&report, why);
-                            if let Err(e) = agent.state.record(&report).await {
+                            if let Err(e) = agent.state.record(&report, request.as_deref()).await {
                                 warn!(error = %e, "cannot record the sync in the state object");
                             }
                             agent.report_readiness(&report);

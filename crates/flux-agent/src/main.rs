@@ -87,6 +87,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         health: daemon.health.clone(),
     };
+    tokio::spawn(agent.state.follow_requests(agent.trigger.clone()));
     tracing::info!(git_url = %config.git.git_url, branch = %config.git.git_branch, paths = ?config.git_path, "flux-agent starting");
     agent.run(daemon.shutdown.clone()).await;
     Ok(daemon.finish().await?)

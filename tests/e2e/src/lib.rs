@@ -123,8 +123,8 @@ pub struct Daemon {
     name: &'static str,
 }
 
-/// The path of a workspace binary, built (once per test process) so that `cargo test -p e2e`
-/// alone runs the current code.
+/// The path of a workspace binary (the daemons and `kubectl-fhr`), built once per test process
+/// so that `cargo test -p e2e` alone runs the current code.
 pub fn daemon_binary(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let dir = BUILT
@@ -138,6 +138,8 @@ pub fn daemon_binary(name: &str) -> PathBuf {
                     "helm-operator",
                     "-p",
                     "flux-agent",
+                    "-p",
+                    "kubectl-fhr",
                 ])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .output()

@@ -1,5 +1,6 @@
-//! Operating flux-helm like the tools people already use. This target: the Grafana dashboard and
-//! the Prometheus alerts in deploy/monitoring use only metrics the daemons really serve.
+//! Operating flux-helm like the tools people already use: `kubectl fhr` against the real control
+//! plane and daemons, and the Grafana dashboard and Prometheus alerts in deploy/monitoring using
+//! only metrics the daemons really serve.
 
 use e2e::Daemon;
 use e2e::agent::AgentEnv;
@@ -91,5 +92,246 @@ fn names_are_read_from_expressions() {
     assert_eq!(
         used("sum by (le) (rate(fhr_a_seconds_bucket[5m])) / fhr_b"),
         ["fhr_a_seconds_bucket", "fhr_b"]
+    );
+}
+
+/// What one `kubectl fhr` command did.
+struct Ran {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `kubectl-fhr` with the control plane's kubeconfig, as a user would through kubectl.
+async fn kubectl_fhr(env: &AgentEnv, args: &[&str]) -> Ran {
+    let output = tokio::process::Command::new(e2e::daemon_binary("kubectl-fhr"))
+        .env("KUBECONFIG", env.cp.kubeconfig())
+        .args(["--namespace", &env.namespace])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    Ran {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn kubectl_fhr_follows_reconciles_suspends_and_reads_history_and_events() {
+    use std::time::Duration;
+    let mut env = AgentEnv::new("cli").await;
+    env.commit_example_release("web");
+    // The agent polls hourly: only `reconcile --with-source` makes it sync a new commit.
+    env.start_agent(&["--git-poll-interval=1h"]).await;
+    let args = env.operator_args(env.cp.tools(), &[]);
+    let operator = Daemon::start("helm-operator", env.cp.kubeconfig(), env.dir.path(), &args);
+    operator.wait_ready().await;
+    let release = format!("{}-web", env.namespace);
+
+    // get: the table, and JSON a script can read.
+    let ready = e2e::eventually(
+        "web Ready in kubectl fhr get",
+        Duration::from_secs(90),
+        || async {
+            let ran = kubectl_fhr(&env, &["get", "web", "-o", "json"]).await;
+            let fhr: Value = serde_json::from_str(&ran.stdout)
+                .map_err(|e| format!("{e}: {}{}", ran.stdout, ran.stderr))?;
+            let ready = fhr["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+            match ready {
+                Some(c) if c["status"] == "True" => Ok(fhr),
+                _ => Err(fhr.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(ready["status"]["revision"], 1);
+    let table = kubectl_fhr(&env, &["get"]).await;
+    assert!(table.success, "{}", table.stderr);
+    let row = table.stdout.lines().nth(1).unwrap_or_default().to_owned();
+    for cell in [
+        "web",
+        release.as_str(),
+        "webapp",
+        " 1 ",
+        "True",
+        "InstallSucceeded",
+    ] {
+        assert!(row.contains(cell), "{cell:?} in\n{}", table.stdout);
+    }
+    let all = kubectl_fhr(&env, &["get", "--all-namespaces"]).await;
+    assert!(all.stdout.starts_with("NAMESPACE"), "{}", all.stdout);
+    assert!(all.stdout.contains(&env.namespace), "{}", all.stdout);
+
+    // reconcile: waits for the operator to handle this very request.
+    let ran = kubectl_fhr(&env, &["reconcile", "web"]).await;
+    assert!(ran.success, "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("✔")
+            && ran.stdout.contains("ReleaseInSync")
+            && ran.stdout.contains("(revision 1)"),
+        "{}",
+        ran.stdout
+    );
+
+    // --with-source: a commit the agent would not fetch for an hour is synced and upgraded.
+    env.repo
+        .write(
+            "releaseconfig/web.yaml",
+            format!(
+                "{}  values:\n    - name: message\n      value: from the CLI\n",
+                env.manifest("web", "webapp")
+            ),
+        )
+        .unwrap();
+    let commit = env.repo.commit("a new message").unwrap();
+    let ran = kubectl_fhr(
+        &env,
+        &["reconcile", "web", "--with-source", "--timeout", "3m"],
+    )
+    .await;
+    assert!(ran.success, "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout
+            .contains(&format!("flux-agent synced commit {}", &commit[..12])),
+        "{}",
+        ran.stdout
+    );
+    // Upgraded by this request, or by the operator's own re-queue on fetching the commit first.
+    assert!(
+        ran.stdout.contains("✔") && ran.stdout.contains("(revision 2)"),
+        "{}",
+        ran.stdout
+    );
+
+    // history matches helm's own.
+    let ran = kubectl_fhr(&env, &["history", "web", "-o", "json"]).await;
+    assert!(ran.success, "{}", ran.stderr);
+    let ours: Vec<Value> = serde_json::from_str(&ran.stdout).unwrap();
+    let helm = e2e::output_ok(env.cp.helm().args([
+        "history",
+        &release,
+        "--namespace",
+        &env.namespace,
+        "-o",
+        "json",
+    ]));
+    let helms: Vec<Value> = serde_json::from_slice(&helm.stdout).unwrap();
+    assert_eq!(ours.len(), 2);
+    let fields = |r: &Value| {
+        ["revision", "status", "chart", "app_version", "description"].map(|k| r[k].to_string())
+    };
+    assert_eq!(
+        ours.iter().map(fields).collect::<Vec<_>>(),
+        helms.iter().map(fields).collect::<Vec<_>>()
+    );
+    assert!(
+        ours.iter()
+            .all(|r| !r["digest"].as_str().unwrap_or_default().is_empty()),
+        "{ours:?}"
+    );
+
+    // events: the install and the upgrade.
+    let ran = kubectl_fhr(&env, &["events", "web"]).await;
+    assert!(
+        ran.stdout.contains("InstallSucceeded") && ran.stdout.contains("UpgradeSucceeded"),
+        "{}",
+        ran.stdout
+    );
+
+    // suspend stops every action: a hand edit stays and reconcile refuses; resume restores it.
+    let ran = kubectl_fhr(&env, &["suspend", "web"]).await;
+    assert!(ran.success, "{}", ran.stderr);
+    let ran = kubectl_fhr(&env, &["reconcile", "web"]).await;
+    assert!(
+        !ran.success && ran.stderr.contains("suspended"),
+        "{}",
+        ran.stderr
+    );
+    let get = kubectl_fhr(&env, &["get"]).await;
+    assert!(get.stdout.contains("Suspended"), "{}", get.stdout);
+    let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let name = format!("{release}-webapp");
+    let edit = serde_json::json!({"data": {"message": "edited by hand"}});
+    config_maps
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    // A requested reconcile of a suspended resource is not handled: the hand edit stays.
+    let before = operator.metric("fhr_operator_reconciles_total").await;
+    let annotate = serde_json::json!({"metadata": {"annotations": {fhr_types::meta::RECONCILE_REQUEST_ANNOTATION: "while-suspended"}}});
+    env.api(&env.namespace)
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&annotate),
+        )
+        .await
+        .unwrap();
+    operator
+        .wait_metric("fhr_operator_reconciles_total", before + 1.0)
+        .await;
+    let data = config_maps
+        .get(&name)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert_eq!(data["message"], "edited by hand");
+    let ran = kubectl_fhr(&env, &["resume", "web"]).await;
+    assert!(ran.success, "{}", ran.stderr);
+    let ran = kubectl_fhr(&env, &["reconcile", "web"]).await;
+    assert!(ran.success, "{}{}", ran.stdout, ran.stderr);
+    let data = config_maps
+        .get(&name)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        data["message"], "from the CLI",
+        "resumed, the drift check restored the object"
+    );
+
+    // A failing release: reconcile exits non-zero with the reason.
+    env.repo
+        .write(
+            "releaseconfig/broken.yaml",
+            format!(
+                "{}  values:\n    - name: ingress.enabled\n      value: true\n",
+                env.manifest("broken", "webapp")
+            ),
+        )
+        .unwrap();
+    env.repo
+        .commit("a release missing a required value")
+        .unwrap();
+    let ran = kubectl_fhr(
+        &env,
+        &["reconcile", "broken", "--with-source", "--timeout", "3m"],
+    )
+    .await;
+    assert!(!ran.success, "{}", ran.stdout);
+    assert!(
+        ran.stderr.contains("InstallFailed") && ran.stderr.contains("ingress.host is required"),
+        "{}{}",
+        ran.stdout,
+        ran.stderr
+    );
+
+    // Completion for the usual shells.
+    let ran = kubectl_fhr(&env, &["completion", "bash"]).await;
+    assert!(
+        ran.success && ran.stdout.contains("kubectl-fhr"),
+        "{}",
+        ran.stderr
     );
 }

@@ -10,7 +10,7 @@ use fhr_release::conditions::{Truth, ready_of, set_condition};
 use fhr_release::helm::Helm;
 use fhr_release::record::History;
 use fhr_release::state::ReleaseState;
-use fhr_types::meta::{condition, reason};
+use fhr_types::meta::{RECONCILE_REQUEST_ANNOTATION, condition, reason};
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
@@ -37,11 +37,16 @@ impl<'a, H: Helm> Report<'a, H> {
         ctx: &'a Context<H>,
         result: &'a Mutex<ResultLabel>,
     ) -> Self {
+        let mut status = fhr.status.clone().unwrap_or_default();
+        // Whatever this reconcile writes answers the request that started it.
+        if let Some(asked) = fhr.annotations().get(RECONCILE_REQUEST_ANNOTATION) {
+            status.last_handled_reconcile_at = Some(asked.clone());
+        }
         Report {
             fhr,
             api,
             ctx,
-            status: fhr.status.clone().unwrap_or_default(),
+            status,
             generation: fhr.metadata.generation,
             result,
         }
