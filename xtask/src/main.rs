@@ -9,6 +9,7 @@
 //! - `bench`: convergence, change latency and steady-state cost against a plain helm loop.
 
 mod bench;
+mod chart;
 mod crd;
 mod demo;
 mod docs;
@@ -31,6 +32,13 @@ enum Task {
     /// Write deploy/crds/ from the Rust types (or, with --check, fail if it is stale).
     Crd {
         /// Fail instead of writing when the committed YAML differs from the generated YAML.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write deploy/chart/ (the Helm chart for flux-helm) from deploy/base and deploy/crds (or,
+    /// with --check, fail if it is stale).
+    Chart {
+        /// Fail instead of writing when the committed chart differs.
         #[arg(long)]
         check: bool,
     },
@@ -75,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Crd { check } => crd::run(check),
+        Task::Chart { check } => chart::run(check),
         Task::Demo { once } => demo::run(once),
         Task::Docs { check } => docs::run(check),
         Task::Tools { force } => tools::run(force, tools::Ssh::Install),

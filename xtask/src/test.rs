@@ -30,6 +30,8 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     )?;
     eprintln!("==> cargo xtask crd --check");
     crate::crd::run(true)?;
+    eprintln!("==> cargo xtask chart --check");
+    crate::chart::run(true)?;
     eprintln!("==> cargo xtask docs --check");
     crate::docs::run(true)?;
     crate::run_step(

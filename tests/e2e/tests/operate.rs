@@ -335,3 +335,133 @@ async fn kubectl_fhr_follows_reconciles_suspends_and_reads_history_and_events() 
         ran.stderr
     );
 }
+
+/// Where two values first differ: the path, and both sides there.
+fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).find_map(|k| {
+            first_difference(
+                &x.get(k).cloned().unwrap_or(Value::Null),
+                &y.get(k).cloned().unwrap_or(Value::Null),
+                &format!("{path}.{k}"),
+            )
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        (x, y) if x == y => None,
+        // kustomize rewrites `1000.0` as `1000`; Helm keeps the file's text.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        (x, y) => Some(format!("{path} = {x}, the kustomization {y}")),
+    }
+}
+
+/// The objects of a multi-document YAML stream, sorted by kind, namespace and name.
+fn objects(yaml: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(yaml);
+    let mut objects: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    objects.retain(Value::is_object);
+    objects.sort_by_key(|o| {
+        (
+            o["kind"].to_string(),
+            o["metadata"]["namespace"].to_string(),
+            o["metadata"]["name"].to_string(),
+        )
+    });
+    objects
+}
+
+#[tokio::test]
+async fn the_chart_renders_the_kustomization_lints_and_installs() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let cp = e2e::shared_control_plane().await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let chart = deploy.join("chart");
+    e2e::output_ok(cp.helm().arg("lint").arg(&chart).arg("--strict"));
+
+    // With its defaults the chart is the kustomization, less the Namespace Helm provides.
+    let rendered = e2e::output_ok(
+        cp.helm()
+            .args([
+                "template",
+                "flux-helm",
+                "--namespace",
+                "flux-helm",
+                "--include-crds",
+            ])
+            .arg(&chart),
+    );
+    let kustomized = e2e::output_ok(
+        std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&deploy),
+    );
+    let mut expected = objects(&kustomized.stdout);
+    expected.retain(|o| o["kind"] != "Namespace");
+    let rendered = objects(&rendered.stdout);
+    assert_eq!(rendered.len(), expected.len());
+    for (chart_object, base_object) in rendered.iter().zip(&expected) {
+        if let Some(difference) = first_difference(chart_object, base_object, "") {
+            panic!(
+                "{} {}: the chart renders {difference}",
+                base_object["kind"], base_object["metadata"]["name"]
+            );
+        }
+    }
+
+    // Installed into another namespace, with the user's values.
+    let client = cp.client().await;
+    let namespace = e2e::unique_name("chart");
+    e2e::output_ok(
+        cp.helm()
+            .args([
+                "install",
+                "flux-helm",
+                "--namespace",
+                &namespace,
+                "--create-namespace",
+            ])
+            .args(["--set", "git.url=https://git.example.com/cluster.git"])
+            .args([
+                "--set",
+                "helmOperator.image=registry.example.com/helm-operator:1.0",
+            ])
+            .arg(&chart),
+    );
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &namespace);
+    let operator = deployments.get("helm-operator").await.unwrap();
+    let container = &operator.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example.com/helm-operator:1.0")
+    );
+    assert!(
+        container
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--git-url=https://git.example.com/cluster.git")
+    );
+    assert!(deployments.get_opt("flux-agent").await.unwrap().is_some());
+    // The operator's cluster-wide rights name the release namespace's ServiceAccount.
+    let bindings: kube::Api<ClusterRoleBinding> = kube::Api::all(client);
+    let binding = bindings.get("flux-helm-operator").await.unwrap();
+    assert_eq!(
+        binding.subjects.unwrap()[0].namespace.as_deref(),
+        Some(namespace.as_str())
+    );
+    e2e::output_ok(
+        cp.helm()
+            .args(["uninstall", "flux-helm", "--namespace", &namespace]),
+    );
+    assert!(
+        bindings
+            .get_opt("flux-helm-operator")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
