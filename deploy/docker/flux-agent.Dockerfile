@@ -12,6 +12,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin flux
 COPY --from=build /src/target/release/flux-agent /usr/local/bin/flux-agent
+# The same labels, user, entrypoint and binaries as `cargo xtask image` (which checks this file).
+LABEL org.opencontainers.image.title="flux-agent" \
+      org.opencontainers.image.description="flux-helm's flux-agent: applies release configuration from git" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
 USER 65532:65532
 EXPOSE 3030
 ENTRYPOINT ["/usr/local/bin/flux-agent"]

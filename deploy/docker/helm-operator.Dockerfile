@@ -23,6 +23,11 @@ RUN apt-get update \
 COPY --from=build /src/target/release/helm-operator /usr/local/bin/helm-operator
 COPY --from=engine /out/fhr-helm-engine /usr/local/bin/fhr-helm-engine
 COPY --from=engine /out/helm /usr/local/bin/helm
+# The same labels, user, entrypoint and binaries as `cargo xtask image` (which checks this file).
+LABEL org.opencontainers.image.title="helm-operator" \
+      org.opencontainers.image.description="flux-helm's helm-operator: installs and upgrades Helm releases" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
 USER 65532:65532
 EXPOSE 3030
 ENTRYPOINT ["/usr/local/bin/helm-operator"]

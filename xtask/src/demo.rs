@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(300);
 
 pub fn run(once: bool) -> anyhow::Result<()> {
-    crate::tools::run(false, crate::tools::Ssh::NotNeeded)?;
+    crate::tools::run(false, crate::tools::TestPackages::NotNeeded)?;
     crate::build_daemons()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

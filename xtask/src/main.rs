@@ -14,6 +14,7 @@ mod crd;
 mod demo;
 mod docs;
 mod fuzz;
+mod image;
 mod test;
 mod tools;
 
@@ -69,6 +70,8 @@ enum Task {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// Build both container images with buildah from local binaries, and check them.
+    Image(image::Args),
     /// Measure convergence, change latency and steady-state cost against a plain helm loop.
     Bench(bench::Args),
     /// Run every check and test: formatting, lints, CRD drift, unit and end-to-end tests.
@@ -86,9 +89,10 @@ fn main() -> anyhow::Result<()> {
         Task::Chart { check } => chart::run(check),
         Task::Demo { once } => demo::run(once),
         Task::Docs { check } => docs::run(check),
-        Task::Tools { force } => tools::run(force, tools::Ssh::Install),
+        Task::Tools { force } => tools::run(force, tools::TestPackages::Install),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
         Task::Bench(args) => bench::run(&args),
+        Task::Image(args) => image::run(&args),
         Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
     }
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::tools::run(false, crate::tools::Ssh::Install)?;
+    crate::tools::run(false, crate::tools::TestPackages::Install)?;
     crate::run_step(
         "cargo fmt --check",
         Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),

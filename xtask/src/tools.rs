@@ -8,18 +8,24 @@ use anyhow::{Context, bail};
 use fhr_testenv::tools::{CONTROL_PLANE, HELM, HELM_ENGINE, ToolModule, repository_dir};
 use std::process::Command;
 
-/// Whether the SSH server for the SSH git tests is wanted (the demo and the benchmark do not use it).
+/// Whether the Debian packages only the tests use are wanted: the SSH server for the SSH git
+/// tests and buildah for the image checks (the demo and the benchmark use neither).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ssh {
-    /// Install Debian's openssh-server when missing.
+pub enum TestPackages {
+    /// Install them with apt-get when missing.
     Install,
     /// Leave the machine as it is.
     NotNeeded,
 }
 
-pub fn run(force: bool, ssh: Ssh) -> anyhow::Result<()> {
-    if ssh == Ssh::Install {
-        ensure_sshd()?;
+pub fn run(force: bool, packages: TestPackages) -> anyhow::Result<()> {
+    if packages == TestPackages::Install {
+        ensure_package(
+            fhr_testenv::ssh_server::SSHD,
+            "openssh-server",
+            "the SSH git tests",
+        )?;
+        ensure_package("/usr/bin/buildah", "buildah", "the image checks")?;
     }
     let go = which_go()?;
     for module in [CONTROL_PLANE, HELM_ENGINE, HELM] {
@@ -112,12 +118,12 @@ fn prune_superseded(module: &ToolModule, current: &std::path::Path) {
     }
 }
 
-/// The SSH tests run Debian's sshd; install it when missing (CI starts on a fresh machine).
-fn ensure_sshd() -> anyhow::Result<()> {
-    if std::path::Path::new(fhr_testenv::ssh_server::SSHD).is_file() {
+/// Installs a Debian package the tests need when `path` is missing (CI starts on a fresh machine).
+fn ensure_package(path: &str, package: &str, why: &str) -> anyhow::Result<()> {
+    if std::path::Path::new(path).is_file() {
         return Ok(());
     }
-    eprintln!("installing Debian's openssh-server for the SSH git tests");
+    eprintln!("installing Debian's {package} for {why}");
     let apt = |args: &[&str]| {
         Command::new("apt-get")
             .args(args)
@@ -126,17 +132,11 @@ fn ensure_sshd() -> anyhow::Result<()> {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    let install = [
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-        "openssh-server",
-    ];
+    let install = ["install", "-y", "-qq", "--no-install-recommends", package];
     let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
     if !installed {
         bail!(
-            "installing openssh-server with apt-get failed; install it (it provides /usr/sbin/sshd) and run again"
+            "installing {package} with apt-get failed; install it (it provides {path}) and run again"
         );
     }
     Ok(())

@@ -4,7 +4,8 @@
 use crate::MANAGER;
 use anyhow::{Context as _, bail};
 use fhr_types::meta::{
-    AGENT_STATE_LABEL, LAST_HANDLED_RECONCILE_KEY, RECONCILE_REQUEST_ANNOTATION, condition,
+    AGENT_STATE_LABEL, LAST_HANDLED_RECONCILE_KEY, RECONCILE_REQUEST_ANNOTATION, SYNC_SET_LABEL,
+    condition,
 };
 use fhr_types::{FluxHelmRelease, FluxHelmReleaseStatus};
 use futures::StreamExt;
@@ -31,8 +32,13 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     // The source first: a release just added in git exists only once the agent applied it.
+    // One that exists names the agent that applied it (its sync-set label).
     let synced_commit = match source {
-        Some(agent_namespace) => Some(sync_source(client, agent_namespace, deadline).await?),
+        Some(agent_namespace) => {
+            let existing = api.get_opt(name).await?;
+            let sync_set = existing.and_then(|f| f.labels().get(SYNC_SET_LABEL).cloned());
+            Some(sync_source(client, agent_namespace, sync_set, deadline).await?)
+        }
         None => None,
     };
     let fhr = api
@@ -159,19 +165,24 @@ fn chart_commit(status: &FluxHelmReleaseStatus) -> Option<String> {
     (!commit.is_empty()).then_some(commit)
 }
 
-/// Asks flux-agent for a sync through its state object and waits until it recorded one for this
-/// request; the synced commit.
+/// Asks flux-agent for a sync through its state object (the one of `sync_set`, if known) and
+/// waits until it recorded one for this request; the synced commit.
 async fn sync_source(
     client: &kube::Client,
     agent_namespace: Option<String>,
+    sync_set: Option<String>,
     deadline: Instant,
 ) -> anyhow::Result<String> {
     let api: Api<ConfigMap> = match &agent_namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
+    let selector = match &sync_set {
+        Some(set) => format!("{AGENT_STATE_LABEL}={set}"),
+        None => AGENT_STATE_LABEL.to_owned(),
+    };
     let states = api
-        .list(&ListParams::default().labels(AGENT_STATE_LABEL))
+        .list(&ListParams::default().labels(&selector))
         .await
         .context("finding flux-agent's state object")?
         .items;
@@ -181,7 +192,7 @@ async fn sync_source(
             .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
             .collect();
         bail!(
-            "expected one flux-agent state object (ConfigMap labelled {AGENT_STATE_LABEL}){}, found {}: {found:?}; name its namespace with --agent-namespace",
+            "expected one flux-agent state object (ConfigMap labelled {selector}){}, found {}: {found:?}; name its namespace with --agent-namespace",
             agent_namespace
                 .map(|n| format!(" in namespace {n}"))
                 .unwrap_or_default(),

@@ -314,9 +314,19 @@ async fn kubectl_fhr_follows_reconciles_suspends_and_reads_history_and_events() 
     env.repo
         .commit("a release missing a required value")
         .unwrap();
+    // Added in git and reconciled at once: the agent syncs first, then the new resource exists.
+    // It names no agent yet (other tests' agents run beside this one), so the user names it.
+    let agent_namespace = format!("--agent-namespace={}", env.namespace);
     let ran = kubectl_fhr(
         &env,
-        &["reconcile", "broken", "--with-source", "--timeout", "3m"],
+        &[
+            "reconcile",
+            "broken",
+            "--with-source",
+            &agent_namespace,
+            "--timeout",
+            "3m",
+        ],
     )
     .await;
     assert!(!ran.success, "{}", ran.stdout);
@@ -464,4 +474,65 @@ async fn the_chart_renders_the_kustomization_lints_and_installs() {
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn cargo_xtask_image_builds_both_images_and_they_pass_their_checks() {
+    // buildah comes with `cargo xtask test` (apt-get); mounting and chroot need root.
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !std::path::Path::new("/usr/bin/buildah").is_file() || !root {
+        eprintln!(
+            "SKIPPED: the image checks need Debian's buildah and root (the 2-core CI machines have both)"
+        );
+        return;
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = tokio::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "xtask",
+            "--",
+            "image",
+            "--profile",
+            "dev",
+        ])
+        .current_dir(&workspace)
+        .output()
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    for (image, versions) in [
+        ("flux-agent", &["flux-agent 0.1.0"][..]),
+        (
+            "helm-operator",
+            &[
+                "helm-operator 0.1.0",
+                "fhr-helm-engine protocol 1",
+                "v4.3.1",
+            ][..],
+        ),
+    ] {
+        assert!(
+            log.contains(&format!("flux-helm/{image}:0.1.0 checked")),
+            "{log}"
+        );
+        for version in versions {
+            assert!(log.contains(version), "{version} in\n{log}");
+        }
+        // An OCI image layout a registry tool can copy.
+        let archive = workspace.join(format!("target/images/{image}-0.1.0.oci.tar"));
+        let listing = e2e::output_ok(std::process::Command::new("tar").arg("tf").arg(&archive));
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(
+            listing.contains("oci-layout") && listing.contains("index.json"),
+            "{listing}"
+        );
+    }
+    assert!(log.contains("ssh -V: OpenSSH"), "{log}");
 }

@@ -173,7 +173,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         !args.releases.is_empty() && args.releases.iter().all(|&n| n > 0),
         "--releases needs one or more positive numbers"
     );
-    crate::tools::run(false, crate::tools::Ssh::NotNeeded)?;
+    crate::tools::run(false, crate::tools::TestPackages::NotNeeded)?;
     let flux_binaries = if args.no_flux {
         None
     } else {
