@@ -85,6 +85,34 @@ pub fn check_archive_stream(reader: impl Read, limits: ArchiveLimits) -> Result<
     check_archive(reader, 0, &mut budget)
 }
 
+/// Unpacks a chart archive (a downloaded `.tgz`) into `dest` once it passed the same checks as a
+/// vendored subchart; the chart's folder (the archive's one top-level folder), itself checked as
+/// a chart folder is.
+pub fn unpack_chart(
+    archive: &[u8],
+    dest: &Path,
+    limits: ArchiveLimits,
+) -> Result<std::path::PathBuf, String> {
+    check_archive_stream(archive, limits)?;
+    // The stream passed the checks: only regular files and folders below one root, bounded.
+    tar::Archive::new(flate2::read::GzDecoder::new(archive))
+        .unpack(dest)
+        .map_err(|e| format!("cannot be unpacked: {e}"))?;
+    let mut tops = std::fs::read_dir(dest)
+        .map_err(|e| format!("cannot be unpacked: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir());
+    let (Some(top), None) = (tops.next(), tops.next()) else {
+        return Err("does not hold exactly one chart folder".into());
+    };
+    let chart = top.path();
+    if !chart.join("Chart.yaml").is_file() {
+        return Err("has no Chart.yaml in its folder".into());
+    }
+    check_chart(&chart, limits).map_err(|refused| refused.to_string())?;
+    Ok(chart)
+}
+
 fn is_archive(name: &str) -> bool {
     name.ends_with(".tgz") || name.ends_with(".tar.gz")
 }
@@ -183,6 +211,44 @@ fn is_dependency(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chart_archive_unpacks_to_its_folder_and_a_bad_one_leaves_nothing_usable() {
+        let chart = tgz(|b| {
+            file(
+                b,
+                "webapp/Chart.yaml",
+                b"apiVersion: v2\nname: webapp\nversion: 1.0.0\n",
+            );
+            file(b, "webapp/templates/cm.yaml", b"kind: ConfigMap\n");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let folder = unpack_chart(&chart, dest.path(), ArchiveLimits::default()).unwrap();
+        assert_eq!(folder, dest.path().join("webapp"));
+        assert!(folder.join("templates/cm.yaml").is_file());
+
+        let two = tgz(|b| {
+            file(b, "a/Chart.yaml", b"x");
+            file(b, "b/Chart.yaml", b"x");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        assert!(unpack_chart(&two, dest.path(), ArchiveLimits::default()).is_err());
+        let limits = ArchiveLimits {
+            max_file_bytes: 4,
+            ..ArchiveLimits::default()
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let refused = unpack_chart(&chart, dest.path(), limits).unwrap_err();
+        assert!(
+            refused.contains("expands to more than 4 bytes"),
+            "{refused}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dest.path()).unwrap().count(),
+            0,
+            "refused before unpacking"
+        );
+    }
 
     fn tgz(build: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>)) -> Vec<u8> {
         let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -31,6 +31,31 @@ pub struct RollbackPolicy {
     pub disable_hooks: bool,
 }
 
+/// Where a release's chart comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChartSource {
+    /// A folder of the git repository: the charts path joined with a validated `chartGitPath`.
+    Git {
+        /// The folder's path in the repository.
+        path: String,
+    },
+    /// A chart of a Helm chart repository, its version constraint checked.
+    Repository(fhr_types::RepositoryChart),
+}
+
+impl ChartSource {
+    /// How messages name the chart: its folder, or `name` (`version`) of the repository.
+    pub fn describe(&self) -> String {
+        match self {
+            ChartSource::Git { path } => format!("{path:?}"),
+            ChartSource::Repository(chart) => format!(
+                "{:?} {} of repository {}",
+                chart.name, chart.version, chart.repository
+            ),
+        }
+    }
+}
+
 /// The release a FluxHelmRelease describes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
@@ -38,8 +63,8 @@ pub struct Desired {
     pub release: String,
     /// `spec.releaseName` was set: an unmanaged release of that name may be adopted.
     pub adopt: bool,
-    /// The chart folder's path in the repository (charts path + chartGitPath).
-    pub chart_path: String,
+    /// Where the chart comes from.
+    pub chart: ChartSource,
     /// `spec.values` as a tree.
     pub values: Map<String, Value>,
     /// Helm's `--timeout`.
@@ -77,7 +102,24 @@ fn from_resource(
     let namespace = fhr.metadata.namespace.as_deref().unwrap_or("default");
     let name = fhr.metadata.name.as_deref().unwrap_or_default();
     let spec = &fhr.spec;
-    let chart_path = chart_path(charts_path, &spec.chart_git_path)?;
+    let chart = match (&spec.chart_git_path, &spec.chart) {
+        (Some(path), None) => ChartSource::Git {
+            path: chart_path(charts_path, path)?,
+        },
+        (None, Some(chart)) => {
+            crate::chart_repository::Constraint::parse(&chart.version).map_err(|e| SpecError {
+                reason: reason::INVALID_SPEC,
+                message: format!("spec.chart.version: {e}"),
+            })?;
+            ChartSource::Repository(chart.clone())
+        }
+        _ => {
+            return Err(SpecError {
+                reason: reason::INVALID_SPEC,
+                message: "set exactly one of spec.chartGitPath and spec.chart".into(),
+            });
+        }
+    };
     let release = fhr_types::naming::release_name(namespace, name, spec.release_name.as_deref())
         .map_err(|e| SpecError {
             reason: reason::INVALID_RELEASE_NAME,
@@ -107,7 +149,7 @@ fn from_resource(
     Ok(Desired {
         release,
         adopt: spec.release_name.is_some(),
-        chart_path,
+        chart,
         values,
         timeout,
         wait: spec.wait.unwrap_or(false),
@@ -171,7 +213,12 @@ mod tests {
             .unwrap();
         assert_eq!(d.release, "team-web");
         assert!(!d.adopt);
-        assert_eq!(d.chart_path, "charts/webapp");
+        assert_eq!(
+            d.chart,
+            ChartSource::Git {
+                path: "charts/webapp".into()
+            }
+        );
         assert_eq!(d.timeout, FIVE_MIN);
         assert!(!d.rollback.enable);
     }
@@ -204,6 +251,15 @@ mod tests {
                 json!({"chartGitPath": "a", "rollback": {"enable": true, "timeout": "-1s"}}),
                 reason::INVALID_SPEC,
             ),
+            (json!({}), reason::INVALID_SPEC),
+            (
+                json!({"chartGitPath": "a", "chart": {"repository": "https://r", "name": "a", "version": "1"}}),
+                reason::INVALID_SPEC,
+            ),
+            (
+                json!({"chart": {"repository": "https://r", "name": "a", "version": ">>1"}}),
+                reason::INVALID_SPEC,
+            ),
         ];
         for (spec, expected) in cases {
             let err = Desired::from_resource(&fhr(spec.clone()), "charts", FIVE_MIN).unwrap_err();
@@ -216,8 +272,8 @@ mod tests {
         assert_eq!(
             Desired::from_resource(&fhr(json!({"chartGitPath": "a/b"})), "", FIVE_MIN)
                 .unwrap()
-                .chart_path,
-            "a/b"
+                .chart,
+            ChartSource::Git { path: "a/b".into() }
         );
         assert_eq!(
             Desired::from_resource(
@@ -226,8 +282,10 @@ mod tests {
                 FIVE_MIN
             )
             .unwrap()
-            .chart_path,
-            "deploy/charts/a"
+            .chart,
+            ChartSource::Git {
+                path: "deploy/charts/a".into()
+            }
         );
     }
 

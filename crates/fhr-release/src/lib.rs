@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod chart_archives;
+pub mod chart_repository;
 pub mod conditions;
 pub mod desired;
 pub mod drift;

@@ -3,10 +3,12 @@
 //! - [`ControlPlane`]: etcd + kube-apiserver on loopback, RBAC on, admin kubeconfig, ServiceAccount
 //!   tokens; [`shared_control_plane`] gives the tests of one binary a single instance.
 //! - [`GitServer`]: repositories over smart HTTP with optional basic auth.
+//! - [`ChartRepository`]: a Helm chart repository (static files) counting its requests.
 //! - [`tools`]: where kube-apiserver, etcd and helm are found, and how `cargo xtask tools` caches them.
 //!
 //! Every process started here dies with the process that started it, panics included.
 
+pub mod chart_repository;
 pub mod control_plane;
 pub mod git_server;
 pub mod http;
@@ -17,6 +19,7 @@ pub mod ssh_server;
 pub mod tools;
 pub mod workdir;
 
+pub use chart_repository::ChartRepository;
 pub use control_plane::{
     Audit, ControlPlane, Options as ControlPlaneOptions, StartError, client_from_kubeconfig,
     create_namespace, free_port, free_ports,

@@ -48,10 +48,20 @@ pub const KIND: &str = "FluxHelmRelease";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.chartGitPath) != has(self.chart)",
+    "message": "set exactly one of chartGitPath (a chart in git) and chart (a chart from a repository)"
+}]))]
 pub struct FluxHelmReleaseSpec {
-    /// The chart's folder under the operator's charts path: relative, normalised, no `..`.
+    /// The chart's folder under the operator's charts path: relative, normalised, no `..`. Set
+    /// this or `chart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    pub chart_git_path: String,
+    pub chart_git_path: Option<String>,
+
+    /// A chart from a Helm chart repository instead of git. Set this or `chartGitPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<RepositoryChart>,
 
     /// Helm release name; defaults to `<namespace>-<name>`. Setting it explicitly lets the operator
     /// adopt an existing release of that name.
@@ -101,6 +111,26 @@ pub struct FluxHelmReleaseSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub service_account_name: Option<String>,
+}
+
+/// A chart in a Helm chart repository (an `index.yaml` and chart archives served over HTTP).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryChart {
+    /// The repository's URL, where its `index.yaml` is: `https://…` (`http://` only when the
+    /// operator runs with `--chart-allow-insecure-http`).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub repository: String,
+    /// The chart's name in the repository's index.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    )]
+    pub name: String,
+    /// An exact version (`1.2.3`) or a range (`~1.2.0`, `^1`, `>=1.2 <2`, `1.2.x`): the newest
+    /// version in the index that matches is installed, and a newer one that matches upgrades.
+    #[schemars(length(min = 1, max = 128))]
+    pub version: String,
 }
 
 /// One source of values: a key of a ConfigMap or Secret in the resource's namespace.

@@ -11,7 +11,7 @@ pub mod naming;
 pub mod values;
 
 pub use api::{
-    DriftMemory, FluxHelmRelease, FluxHelmReleaseSpec, FluxHelmReleaseStatus, KeyRef, Rollback,
-    ValuesFromSource, crd,
+    DriftMemory, FluxHelmRelease, FluxHelmReleaseSpec, FluxHelmReleaseStatus, KeyRef,
+    RepositoryChart, Rollback, ValuesFromSource, crd,
 };
 pub use values::{NameValue, Values};

@@ -25,6 +25,12 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// The last Helm action succeeded.
     pub const RELEASED: &str = "Released";
+    /// A chart repository could not be read, or has no version matching `spec.chart.version`, or
+    /// its archive was refused.
+    pub const CHART_PULL_FAILED: &str = "ChartPullFailed";
+    /// A repository chart's version range resolves to a newer version (an Event; an upgrade
+    /// follows).
+    pub const CHART_VERSION_RESOLVED: &str = "ChartVersionResolved";
     /// The chart folder was read from git.
     pub const CHART_FETCHED: &str = "ChartFetched";
     /// kstatus: work is in progress.
@@ -80,6 +86,12 @@ pub mod reason {
     pub const CHART_NOT_FOUND: &str = "ChartNotFound";
     /// The chart folder holds something refused (a symlink leaving it, a file too large, …).
     pub const CHART_REFUSED: &str = "ChartRefused";
+    /// A chart repository could not be read, or has no version matching `spec.chart.version`, or
+    /// its archive was refused.
+    pub const CHART_PULL_FAILED: &str = "ChartPullFailed";
+    /// A repository chart's version range resolves to a newer version (an Event; an upgrade
+    /// follows).
+    pub const CHART_VERSION_RESOLVED: &str = "ChartVersionResolved";
     /// The chart folder was read from git.
     pub const CHART_FETCHED: &str = "ChartFetched";
     /// No commit has been fetched yet.

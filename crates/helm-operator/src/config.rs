@@ -31,6 +31,16 @@ pub struct Config {
     #[arg(long, env = "CHARTS_SYNC_INTERVAL", default_value = "3m", value_parser = parse_interval)]
     pub charts_sync_interval: Duration,
 
+    /// How often a chart repository's `index.yaml` is fetched again (one fetch serves every
+    /// release using that repository); a newer version matching a release's range is found
+    /// within this plus `--charts-sync-interval`.
+    #[arg(long, env = "CHART_REPOSITORY_INTERVAL", default_value = "5m", value_parser = parse_interval)]
+    pub chart_repository_interval: Duration,
+
+    /// Allow chart repositories on plain `http://` (anyone on the path can change the charts).
+    #[arg(long, env = "CHART_ALLOW_INSECURE_HTTP")]
+    pub chart_allow_insecure_http: bool,
+
     /// How many releases are reconciled at once (and Helm actions the engine runs at once).
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,

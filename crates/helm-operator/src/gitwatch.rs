@@ -129,8 +129,12 @@ impl GitWatch {
         let mut by_path: HashMap<String, bool> = HashMap::new();
         let mut requeue = Vec::new();
         for fhr in self.store.state() {
-            let Ok(path) =
-                fhr_release::desired::chart_path(&self.charts_path, &fhr.spec.chart_git_path)
+            // Repository charts do not come from git.
+            let Some(Ok(path)) = fhr
+                .spec
+                .chart_git_path
+                .as_deref()
+                .map(|p| fhr_release::desired::chart_path(&self.charts_path, p))
             else {
                 continue;
             };

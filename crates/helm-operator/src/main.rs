@@ -11,6 +11,7 @@ mod helm;
 mod identity;
 mod metrics;
 mod reconcile;
+mod repositories;
 mod status;
 mod storage;
 mod values_from;
@@ -65,6 +66,12 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     ));
     let mirror = Arc::new(fhr_git::Mirror::new(&state_dir.join("git"), source)?);
     let charts = charts::ChartCache::new(state_dir.join("charts"), fhr_git::Limits::default())?;
+    let repositories = Arc::new(repositories::Repositories::new(
+        state_dir.join("repository-charts"),
+        config.chart_repository_interval,
+        config.chart_allow_insecure_http,
+        Some(metrics.clone()),
+    )?);
     if !crd::wait_for_crd(&client, &health, &shutdown).await {
         return Ok(());
     }
@@ -165,6 +172,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         identities,
         helm,
         charts,
+        repositories,
         git: view_rx,
         metrics,
         confirmed: Default::default(),

@@ -32,6 +32,13 @@ struct ReadyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    source: &'static str,
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -55,6 +62,7 @@ pub struct Metrics {
     releases: Family<ReadyLabels, Gauge>,
     helm_processes: Counter,
     engine_restarts: Family<ReasonLabels, Counter>,
+    chart_fetches: Family<FetchLabels, Counter>,
     readiness: Mutex<HashMap<String, &'static str>>,
     /// The poll loop's metrics.
     pub git: std::sync::Arc<fhr_git::GitMetrics>,
@@ -71,6 +79,7 @@ impl Metrics {
             releases: Family::default(),
             helm_processes: Counter::default(),
             engine_restarts: Family::default(),
+            chart_fetches: Family::default(),
             readiness: Mutex::default(),
             git: std::sync::Arc::new(fhr_git::GitMetrics::new(
                 registry.sub_registry_with_prefix("fhr_operator"),
@@ -103,6 +112,11 @@ impl Metrics {
             m.engine_restarts.clone(),
         );
         r.register(
+            "chart_fetches",
+            "Chart repository requests (kind index or archive) by result: fetched, cached (an archive already on disk), error",
+            m.chart_fetches.clone(),
+        );
+        r.register(
             "helm_action_duration_seconds",
             "Time per Helm action",
             m.helm_seconds.clone(),
@@ -123,6 +137,17 @@ impl Metrics {
             m.releases.get_or_create(&ReadyLabels { ready }).set(0);
         }
         m
+    }
+
+    /// Counts a chart source request.
+    pub fn chart_fetch(&self, source: &'static str, kind: &'static str, result: &'static str) {
+        self.chart_fetches
+            .get_or_create(&FetchLabels {
+                source,
+                kind,
+                result,
+            })
+            .inc();
     }
 
     /// Starts timing a reconcile; call [`ReconcileTimer::finish`] with the result.

@@ -56,7 +56,11 @@ pub fn render(items: &[FluxHelmRelease], all_namespaces: bool, now: Timestamp) -
             let mut row = vec![
                 fhr.name_any(),
                 status.release_name.clone().unwrap_or_default(),
-                fhr.spec.chart_git_path.clone(),
+                match (&fhr.spec.chart_git_path, &fhr.spec.chart) {
+                    (Some(path), _) => path.clone(),
+                    (None, Some(chart)) => format!("{}@{}", chart.name, chart.version),
+                    (None, None) => String::new(),
+                },
                 status.revision.map(|r| r.to_string()).unwrap_or_default(),
                 ready.map(|c| c.status.clone()).unwrap_or("Unknown".into()),
                 match (suspended, ready) {

@@ -124,7 +124,8 @@ async fn every_resource_under_the_path_is_applied_over_http_with_basic_auth() {
     assert!(managers.contains(&"flux-agent".to_owned()), "{managers:?}");
     let default = env.api("default").get(&default_name).await.unwrap();
     assert_eq!(
-        default.spec.chart_git_path, "webapp",
+        default.spec.chart_git_path.as_deref(),
+        Some("webapp"),
         "no namespace lands in default"
     );
     env.api("default")
@@ -188,7 +189,10 @@ async fn a_commit_changes_only_its_object_and_an_idle_sync_writes_nothing() {
     let after = resource_versions(&api).await;
     assert_eq!(after["a"], before["a"], "a was rewritten");
     assert_ne!(after["b"], before["b"]);
-    assert_eq!(api.get("b").await.unwrap().spec.chart_git_path, "mongodb");
+    assert_eq!(
+        api.get("b").await.unwrap().spec.chart_git_path.as_deref(),
+        Some("mongodb")
+    );
     assert_eq!(
         api.get("a").await.unwrap().annotations_commit(),
         first,
@@ -497,10 +501,10 @@ async fn a_manual_edit_is_undone_at_the_next_periodic_sync() {
         .unwrap();
     eventually("the hand edit to be undone", SYNC_TIMEOUT, || async {
         let a = api.get("a").await.map_err(|e| e.to_string())?;
-        if a.spec.chart_git_path == "webapp" {
+        if a.spec.chart_git_path.as_deref() == Some("webapp") {
             Ok(())
         } else {
-            Err(a.spec.chart_git_path)
+            Err(format!("{:?}", a.spec.chart_git_path))
         }
     })
     .await;

@@ -184,9 +184,25 @@ async fn resources_that_break_the_schema_are_refused_naming_the_field() {
     let namespace = unique_name("schema");
     create_namespace(&client, &namespace).await.unwrap();
 
-    let missing_path = refusal(&client, &namespace, json!({"releaseName": "ok"})).await;
-    assert!(missing_path.contains("spec.chartGitPath"), "{missing_path}");
-    assert!(missing_path.contains("Required value"), "{missing_path}");
+    let no_chart = refusal(&client, &namespace, json!({"releaseName": "ok"})).await;
+    assert!(
+        no_chart.contains("set exactly one of chartGitPath (a chart in git) and chart"),
+        "{no_chart}"
+    );
+    let two_charts = refusal(
+        &client,
+        &namespace,
+        json!({"chartGitPath": "webapp", "chart": {"repository": "https://charts.example.com", "name": "webapp", "version": "1.0.0"}}),
+    )
+    .await;
+    assert!(two_charts.contains("set exactly one"), "{two_charts}");
+    let ftp = refusal(
+        &client,
+        &namespace,
+        json!({"chart": {"repository": "ftp://charts.example.com", "name": "webapp", "version": "1.0.0"}}),
+    )
+    .await;
+    assert!(ftp.contains("spec.chart.repository"), "{ftp}");
 
     let bad_name = refusal(
         &client,

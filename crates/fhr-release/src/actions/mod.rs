@@ -185,7 +185,9 @@ mod tests {
         Desired {
             release: "team-web".into(),
             adopt: false,
-            chart_path: "charts/web".into(),
+            chart: crate::desired::ChartSource::Git {
+                path: "charts/web".into(),
+            },
             values: Map::new(),
             timeout: Duration::from_secs(60),
             wait: false,

@@ -6,9 +6,10 @@
 use super::{Context, Error, short};
 use crate::gitwatch::GitView;
 use crate::identity::forbidden;
+use crate::repositories::FetchedChart;
 use crate::{drift, storage, values_from};
 use fhr_git::{ObjectId, Snapshot};
-use fhr_release::desired::{self, Desired, SpecError};
+use fhr_release::desired::{self, ChartSource, Desired, SpecError};
 use fhr_release::drift::Drifted;
 use fhr_release::helm::Helm;
 use fhr_release::record::{self, History};
@@ -39,6 +40,47 @@ pub enum Blocked {
     Claimed(String),
     /// The release's ServiceAccount may not read Helm's storage or a valuesFrom source.
     Forbidden(String),
+    /// A repository chart is unavailable; `transient` when retrying may help (the network).
+    ChartPullFailed {
+        /// What went wrong.
+        message: String,
+        /// Retry with backoff rather than wait for a change.
+        transient: bool,
+    },
+}
+
+/// The chart a decision is made with.
+pub enum GatheredChart {
+    /// A folder of the fetched commit.
+    Git {
+        /// The commit.
+        snapshot: Snapshot,
+        /// The chart folder's tree at that commit.
+        tree: ObjectId,
+    },
+    /// A repository chart, verified and unpacked.
+    Repository(FetchedChart),
+}
+
+impl GatheredChart {
+    /// What names the chart's content in the release digest: the git tree id (as always, so
+    /// releases made before repository charts existed stay in sync), or the archive's digest.
+    fn identity(&self) -> String {
+        match self {
+            GatheredChart::Git { tree, .. } => tree.to_string(),
+            GatheredChart::Repository(fetched) => format!("sha256:{}", fetched.digest),
+        }
+    }
+
+    /// `status.chartRevision`: the commit, or `<version>@sha256:<digest>`.
+    pub fn revision(&self) -> String {
+        match self {
+            GatheredChart::Git { snapshot, .. } => snapshot.commit(),
+            GatheredChart::Repository(fetched) => {
+                format!("{}@sha256:{}", fetched.version, fetched.digest)
+            }
+        }
+    }
 }
 
 /// What a decision is made from.
@@ -47,10 +89,8 @@ pub struct Gathered {
     pub desired: Desired,
     /// The release namespace.
     pub namespace: String,
-    /// The commit the chart comes from.
-    pub snapshot: Snapshot,
-    /// The chart folder's tree at that commit.
-    pub tree: ObjectId,
+    /// The chart.
+    pub chart: GatheredChart,
     /// The merged values.
     pub values: Map<String, Value>,
     /// Values from Secrets, to keep out of messages.
@@ -100,18 +140,32 @@ pub async fn gather<H: Helm>(
     }
     status.release_name = Some(desired.release.clone());
 
-    let git = ctx.git.borrow().clone();
-    let Some(snapshot) = git.snapshot.clone() else {
-        let message = match &git.error {
-            Some(e) => format!("no commit fetched yet: {e}"),
-            None => "no commit fetched yet".to_owned(),
-        };
-        return Ok(Gather::Blocked(Blocked::GitNotSynced(message)));
-    };
-    let Some(tree) = snapshot.tree_id(&desired.chart_path)? else {
-        return Ok(Gather::Blocked(Blocked::ChartNotFound(chart_not_found(
-            &desired, &snapshot, &git,
-        ))));
+    let chart = match &desired.chart {
+        ChartSource::Git { path } => {
+            let git = ctx.git.borrow().clone();
+            let Some(snapshot) = git.snapshot.clone() else {
+                let message = match &git.error {
+                    Some(e) => format!("no commit fetched yet: {e}"),
+                    None => "no commit fetched yet".to_owned(),
+                };
+                return Ok(Gather::Blocked(Blocked::GitNotSynced(message)));
+            };
+            let Some(tree) = snapshot.tree_id(path)? else {
+                return Ok(Gather::Blocked(Blocked::ChartNotFound(chart_not_found(
+                    path, &snapshot, &git,
+                ))));
+            };
+            GatheredChart::Git { snapshot, tree }
+        }
+        ChartSource::Repository(source) => match ctx.repositories.chart(source).await {
+            Ok(fetched) => GatheredChart::Repository(fetched),
+            Err(e) => {
+                return Ok(Gather::Blocked(Blocked::ChartPullFailed {
+                    message: format!("chart {}: {e}", desired.chart.describe()),
+                    transient: e.transient(),
+                }));
+            }
+        },
     };
 
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
@@ -130,7 +184,7 @@ pub async fn gather<H: Helm>(
             ))));
         }
     };
-    let digest = desired::digest(&tree.to_string(), &resolved.values);
+    let digest = desired::digest(&chart.identity(), &resolved.values);
     let me = record::owner(&namespace, &fhr.name_any());
 
     let release_lock = ctx.locks.lock(&namespace, &desired.release).await;
@@ -192,8 +246,7 @@ pub async fn gather<H: Helm>(
     Ok(Gather::Facts(Box::new(Gathered {
         desired,
         namespace,
-        snapshot,
-        tree,
+        chart,
         values: resolved.values,
         redactor: resolved.secrets,
         digest,
@@ -226,10 +279,9 @@ impl Gathered {
     }
 }
 
-fn chart_not_found(desired: &Desired, snapshot: &Snapshot, git: &GitView) -> String {
+fn chart_not_found(path: &str, snapshot: &Snapshot, git: &GitView) -> String {
     let mut message = format!(
-        "chart folder {:?} does not exist at commit {}, the newest fetched",
-        desired.chart_path,
+        "chart folder {path:?} does not exist at commit {}, the newest fetched",
         short(&snapshot.commit())
     );
     if let Some(announced) = &git.announced {
@@ -333,9 +385,17 @@ pub fn forbidden_storage(
 
 /// What ChartFetched says when the chart was found.
 pub fn chart_fetched(gathered: &Gathered) -> String {
-    format!(
-        "chart {:?} at commit {}",
-        gathered.desired.chart_path,
-        short(&gathered.snapshot.commit())
-    )
+    match &gathered.chart {
+        GatheredChart::Git { snapshot, .. } => format!(
+            "chart {} at commit {}",
+            gathered.desired.chart.describe(),
+            short(&snapshot.commit())
+        ),
+        GatheredChart::Repository(fetched) => format!(
+            "chart {} resolved to version {} (sha256:{})",
+            gathered.desired.chart.describe(),
+            fetched.version,
+            fetched.digest
+        ),
+    }
 }

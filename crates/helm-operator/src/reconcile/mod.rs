@@ -20,7 +20,7 @@ use fhr_release::state::{ReleaseState, Step};
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::{FINALIZER, condition, reason};
 use futures::channel::mpsc::UnboundedSender;
-use gather::{Blocked, Gather, Gathered};
+use gather::{Blocked, Gather, Gathered, GatheredChart};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -67,6 +67,8 @@ pub struct Context<H: Helm> {
     pub helm: H,
     /// Exported charts.
     pub charts: ChartCache,
+    /// Charts from Helm chart repositories.
+    pub repositories: Arc<crate::repositories::Repositories>,
     /// The latest fetched commit.
     pub git: watch::Receiver<GitView>,
     /// Metrics.
@@ -182,6 +184,9 @@ pub enum Error {
     /// retried with backoff, as RBAC may be granted later).
     #[error("{0}")]
     Forbidden(String),
+    /// A chart repository could not be reached (reported in status; retried with backoff).
+    #[error("{0}")]
+    ChartPull(String),
 }
 
 impl Error {
@@ -195,6 +200,7 @@ impl Error {
             Error::Uninstall { .. } => "uninstall_error",
             Error::Finalizer(_) => "finalizer_error",
             Error::Forbidden(_) => "forbidden",
+            Error::ChartPull(_) => "chart_pull_error",
         }
     }
 }
@@ -300,6 +306,10 @@ async fn apply<H: Helm>(
             return match blocked {
                 // As an error, so that it is retried with this resource's backoff.
                 Blocked::Forbidden(message) => Err(Error::Forbidden(message)),
+                Blocked::ChartPullFailed {
+                    message,
+                    transient: true,
+                } => Err(Error::ChartPull(message)),
                 blocked => Ok(requeue_blocked(&blocked, settings)),
             };
         }
@@ -386,21 +396,21 @@ async fn act<H: Helm>(
     step: Step,
 ) -> Result<Action, Error> {
     let ctx = report.ctx();
-    let chart_dir = match step {
-        Step::Rollback(_) => None,
-        _ => match ctx
-            .charts
-            .chart_dir(&gathered.snapshot, gathered.tree)
-            .await
-        {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                let message = format!("chart {:?} refused: {e}", gathered.desired.chart_path);
-                report.blocked(&Blocked::ChartRefused(message)).await?;
-                // A commit that changes the chart folder re-queues this resource.
-                return Ok(Action::requeue(ctx.settings.sync_interval));
+    let chart_dir = match (&step, &gathered.chart) {
+        (Step::Rollback(_), _) => None,
+        (_, GatheredChart::Repository(fetched)) => Some(fetched.dir.clone()),
+        (_, GatheredChart::Git { snapshot, tree }) => {
+            match ctx.charts.chart_dir(snapshot, *tree).await {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    let message =
+                        format!("chart {} refused: {e}", gathered.desired.chart.describe());
+                    report.blocked(&Blocked::ChartRefused(message)).await?;
+                    // A commit that changes the chart folder re-queues this resource.
+                    return Ok(Action::requeue(ctx.settings.sync_interval));
+                }
             }
-        },
+        }
     };
     if let ReleaseState::Drifted(drifted) = &gathered.state {
         let message = format!(
@@ -417,8 +427,31 @@ async fn act<H: Helm>(
             )
             .await;
     }
+    if let (Step::Upgrade, GatheredChart::Repository(fetched)) = (&step, &gathered.chart)
+        && let Some((previous, _)) = report
+            .status
+            .chart_revision
+            .as_deref()
+            .and_then(|r| r.split_once('@'))
+        && previous != fetched.version
+    {
+        let message = format!(
+            "chart {} now resolves to version {} (was {previous}); upgrading",
+            gathered.desired.chart.describe(),
+            fetched.version
+        );
+        info!(%message, "new chart version");
+        report
+            .event(
+                EventType::Normal,
+                reason::CHART_VERSION_RESOLVED,
+                "FetchChart",
+                message,
+            )
+            .await;
+    }
     let labels = record::labels(&gathered.me, &gathered.digest);
-    let chart_revision = gathered.snapshot.commit();
+    let chart_revision = gathered.chart.revision();
     let plan = Plan {
         desired: &gathered.desired,
         namespace: &gathered.namespace,

@@ -123,6 +123,13 @@ impl<'a, H: Helm> Report<'a, H> {
                 Some("Decide"),
             ),
             Blocked::Forbidden(m) => (reason::FORBIDDEN, m, None, Truth::False, Some("Authorize")),
+            Blocked::ChartPullFailed { message, .. } => (
+                reason::CHART_PULL_FAILED,
+                message,
+                Some((condition::CHART_FETCHED, Truth::False)),
+                Truth::False,
+                Some("FetchChart"),
+            ),
         };
         let changed = !self.status.conditions.iter().any(|c| {
             c.type_ == condition::READY

@@ -1,0 +1,102 @@
+//! A Helm chart repository on loopback: a static folder (an `index.yaml` and chart archives, as
+//! `helm package` and `helm repo index` write them) served over HTTP, counting the requests for
+//! each file so that tests can tell how often the operator fetched what.
+
+use crate::WorkDir;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+struct Shared {
+    root: PathBuf,
+    requests: Mutex<HashMap<String, usize>>,
+}
+
+/// The running repository; stops when dropped.
+pub struct ChartRepository {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: WorkDir,
+}
+
+impl Drop for ChartRepository {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ChartRepository {
+    /// Starts an empty repository on a free loopback port in the current tokio runtime.
+    pub async fn start() -> std::io::Result<ChartRepository> {
+        let dir = WorkDir::create("chart-repository")?;
+        let root = dir.path().join("srv");
+        std::fs::create_dir_all(&root)?;
+        let shared = Arc::new(Shared {
+            root,
+            requests: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(serve)
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ChartRepository {
+            addr,
+            shared,
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// The repository's URL (where `index.yaml` is).
+    pub fn url(&self) -> String {
+        format!("http://{}/charts", self.addr)
+    }
+
+    /// The folder served as the repository: put archives here and index it.
+    pub fn dir(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// How many times `file` (`index.yaml`, `webapp-1.2.0.tgz`) was requested.
+    pub fn requests(&self, file: &str) -> usize {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(file)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let Some(file) = request.uri().path().strip_prefix("/charts/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let relative = Path::new(file);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    *shared
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(file.to_owned())
+        .or_default() += 1;
+    match tokio::fs::read(shared.root.join(relative)).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}

@@ -1,0 +1,264 @@
+//! Charts from Helm chart repositories: real `helm package` and `helm repo index` publish into a
+//! repository on loopback, and the operator installs, follows version ranges and shares fetches.
+
+use e2e::eventually;
+use e2e::operator::{OperatorEnv, ready, ready_at, ready_message};
+use fhr_testenv::ChartRepository;
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Publishes version `version` of the chart `cache` (one ConfigMap saying its version) into
+/// `repository` and indexes the repository again, as a chart's maintainers do.
+fn publish(env: &OperatorEnv, repository: &ChartRepository, version: &str) {
+    let source = env.dir.path().join(format!("src-{version}/cache"));
+    std::fs::create_dir_all(source.join("templates")).unwrap();
+    std::fs::write(
+        source.join("Chart.yaml"),
+        format!("apiVersion: v2\nname: cache\nversion: {version}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        source.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cache\ndata:\n  version: {{ .Chart.Version | quote }}\n",
+    )
+    .unwrap();
+    e2e::output_ok(
+        env.cp
+            .helm()
+            .arg("package")
+            .arg(&source)
+            .arg("--destination")
+            .arg(repository.dir()),
+    );
+    e2e::output_ok(env.cp.helm().args(["repo", "index"]).arg(repository.dir()));
+}
+
+fn from_repository(repository: &ChartRepository, version: &str) -> serde_json::Value {
+    json!({"chart": {"repository": repository.url(), "name": "cache", "version": version}})
+}
+
+async fn deployed_version(env: &OperatorEnv, release: &str) -> String {
+    let config_maps: kube::Api<ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let cm = config_maps.get(&format!("{release}-cache")).await.unwrap();
+    cm.data.unwrap_or_default()["version"].clone()
+}
+
+#[tokio::test]
+async fn a_repository_chart_installs_and_follows_its_version_range() {
+    let repository = ChartRepository::start().await.unwrap();
+    let mut env = OperatorEnv::new("repo-range").await;
+    publish(&env, &repository, "1.2.0");
+    env.start_operator(&[
+        "--chart-allow-insecure-http",
+        "--chart-repository-interval=1s",
+        "--charts-sync-interval=2s",
+    ])
+    .await;
+    env.apply("cache", from_repository(&repository, "~1.2.0"))
+        .await;
+    let fhr = env
+        .wait_for("cache", "installed from the repository", ready)
+        .await;
+    let release = format!("{}-cache", env.namespace);
+    assert_eq!(deployed_version(&env, &release).await, "1.2.0");
+
+    // Status names the version and the archive's digest; helm list the chart version.
+    let archive = std::fs::read(repository.dir().join("cache-1.2.0.tgz")).unwrap();
+    let digest = hex(&Sha256::digest(&archive));
+    let status = fhr.status.unwrap();
+    assert_eq!(
+        status.chart_revision.as_deref(),
+        Some(format!("1.2.0@sha256:{digest}").as_str())
+    );
+    let fetched = status.condition("ChartFetched").unwrap();
+    assert!(
+        fetched.message.contains("resolved to version 1.2.0"),
+        "{}",
+        fetched.message
+    );
+    let list = e2e::output_ok(env.cp.helm().args([
+        "list",
+        "--namespace",
+        &env.namespace,
+        "--output",
+        "json",
+    ]));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["chart"], "cache-1.2.0", "{list}");
+
+    // A newer version inside the range upgrades; one outside does not.
+    publish(&env, &repository, "1.2.4");
+    env.wait_for("cache", "upgraded to 1.2.4", ready_at(2))
+        .await;
+    assert_eq!(deployed_version(&env, &release).await, "1.2.4");
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, message)| reason == "ChartVersionResolved"
+                && message.contains("now resolves to version 1.2.4 (was 1.2.0)")),
+        "{events:?}"
+    );
+    publish(&env, &repository, "2.0.0");
+    let index_fetches = repository.requests("index.yaml");
+    eventually("the new index read", Duration::from_secs(30), || async {
+        if repository.requests("index.yaml") >= index_fetches + 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} index fetches",
+                repository.requests("index.yaml")
+            ))
+        }
+    })
+    .await;
+    env.reconciles(2.0).await;
+    assert_eq!(
+        repository.requests("cache-2.0.0.tgz"),
+        0,
+        "2.0.0 is outside ~1.2.0"
+    );
+    assert_eq!(env.helm_history(&release).len(), 2);
+    assert_eq!(deployed_version(&env, &release).await, "1.2.4");
+
+    // A range nothing matches says what the repository has, and touches nothing.
+    env.apply("cache", from_repository(&repository, "~3.0"))
+        .await;
+    let fhr = env
+        .wait_condition("cache", "False", "ChartPullFailed")
+        .await;
+    assert!(
+        ready_message(&fhr)
+            .contains("no version of chart \"cache\" matches \"~3.0\"; the newest is 2.0.0"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert_eq!(env.helm_history(&release).len(), 2);
+}
+
+#[tokio::test]
+async fn fifty_releases_of_one_chart_share_one_index_fetch_and_one_download() {
+    let repository = ChartRepository::start().await.unwrap();
+    let mut env = OperatorEnv::new("repo-share").await;
+    publish(&env, &repository, "1.0.0");
+    env.start_operator(&[
+        "--chart-allow-insecure-http",
+        "--chart-repository-interval=1h",
+    ])
+    .await;
+    for i in 0..50 {
+        env.apply(&format!("cache-{i}"), from_repository(&repository, "1.0.0"))
+            .await;
+    }
+    for i in 0..50 {
+        env.wait_for(&format!("cache-{i}"), "installed", ready)
+            .await;
+    }
+    assert_eq!(repository.requests("index.yaml"), 1);
+    assert_eq!(repository.requests("cache-1.0.0.tgz"), 1);
+}
+
+#[tokio::test]
+async fn unsafe_or_oversized_repositories_are_refused_with_a_condition() {
+    let repository = ChartRepository::start().await.unwrap();
+    let mut env = OperatorEnv::new("repo-refused").await;
+    publish(&env, &repository, "1.0.0");
+
+    // Plain http without the operator's consent.
+    env.start_operator(&[]).await;
+    env.apply("plain", from_repository(&repository, "1.0.0"))
+        .await;
+    let fhr = env
+        .wait_condition("plain", "False", "ChartPullFailed")
+        .await;
+    assert!(
+        ready_message(&fhr).contains("--chart-allow-insecure-http"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert_eq!(repository.requests("index.yaml"), 0, "nothing was fetched");
+
+    // A decompression bomb: a small archive whose template expands to 64 MiB.
+    let bomb = {
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut builder = tar::Builder::new(encoder);
+        let mut add = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        add(
+            "bomb/Chart.yaml",
+            b"apiVersion: v2\nname: bomb\nversion: 1.0.0\n",
+        );
+        add("bomb/templates/big.yaml", &vec![b'#'; 64 << 20]);
+        builder.into_inner().unwrap().finish().unwrap()
+    };
+    std::fs::write(repository.dir().join("bomb-1.0.0.tgz"), &bomb).unwrap();
+    let index = std::fs::read_to_string(repository.dir().join("index.yaml")).unwrap();
+    let index = index.replacen(
+        "entries:\n",
+        &format!(
+            "entries:\n  bomb:\n  - name: bomb\n    version: 1.0.0\n    digest: {}\n    urls: [bomb-1.0.0.tgz]\n",
+            hex(&Sha256::digest(&bomb))
+        ),
+        1,
+    );
+    std::fs::write(repository.dir().join("index.yaml"), index).unwrap();
+    let mut env_open = OperatorEnv::new("repo-bomb").await;
+    env_open
+        .start_operator(&["--chart-allow-insecure-http"])
+        .await;
+    env_open
+        .apply(
+            "bomb",
+            json!({"chart": {"repository": repository.url(), "name": "bomb", "version": "*"}}),
+        )
+        .await;
+    let fhr = env_open
+        .wait_condition("bomb", "False", "ChartPullFailed")
+        .await;
+    assert!(
+        ready_message(&fhr).contains("expands to more than"),
+        "{}",
+        ready_message(&fhr)
+    );
+    assert!(
+        env_open
+            .helm_history(&format!("{}-bomb", env_open.namespace))
+            .is_empty()
+    );
+
+    // An index over the bound is refused before it is read into memory.
+    let huge = ChartRepository::start().await.unwrap();
+    let mut padding = String::from("apiVersion: v1\nentries: {}\n");
+    while padding.len() <= 65 << 20 {
+        padding.push_str(&format!("# {}\n", "x".repeat(1000)));
+    }
+    std::fs::write(huge.dir().join("index.yaml"), padding).unwrap();
+    env_open
+        .apply(
+            "huge",
+            json!({"chart": {"repository": huge.url(), "name": "cache", "version": "*"}}),
+        )
+        .await;
+    let fhr = env_open
+        .wait_condition("huge", "False", "ChartPullFailed")
+        .await;
+    assert!(
+        ready_message(&fhr).contains("larger than 64 MiB"),
+        "{}",
+        ready_message(&fhr)
+    );
+    let rss = env_open.operator().peak_rss_mib();
+    assert!(rss < 300.0, "the operator's peak RSS reached {rss} MiB");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
