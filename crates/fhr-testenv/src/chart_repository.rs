@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 struct Shared {
     root: PathBuf,
     requests: Mutex<HashMap<String, usize>>,
+    /// `Authorization` header values accepted; none: anyone.
+    accepted: Mutex<Vec<String>>,
 }
 
 /// The running repository; stops when dropped.
@@ -39,6 +41,7 @@ impl ChartRepository {
         let shared = Arc::new(Shared {
             root,
             requests: Mutex::default(),
+            accepted: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
@@ -66,6 +69,18 @@ impl ChartRepository {
         &self.shared.root
     }
 
+    /// From now on, answer 401 unless the request carries basic auth with `user` and `password`.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.shared
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("Basic {encoded}"));
+    }
+
     /// How many times `file` (`index.yaml`, `webapp-1.2.0.tgz`) was requested.
     pub fn requests(&self, file: &str) -> usize {
         self.shared
@@ -88,6 +103,18 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         .all(|c| matches!(c, Component::Normal(_)))
     {
         return StatusCode::NOT_FOUND.into_response();
+    }
+    let accepted = shared
+        .accepted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !accepted.is_empty() && !given.is_some_and(|g| accepted.iter().any(|a| a == g)) {
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     *shared
         .requests

@@ -131,6 +131,23 @@ pub struct RepositoryChart {
     /// version in the index that matches is installed, and a newer one that matches upgrades.
     #[schemars(length(min = 1, max = 128))]
     pub version: String,
+    /// A Secret of this resource's namespace with the repository's credentials: `username` and
+    /// `password` (basic auth), or `token` (a bearer token). Read with the release's
+    /// ServiceAccount, sent only to the repository's host, never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+}
+
+/// An object of the resource's own namespace, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectReference {
+    /// The object's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
 }
 
 /// One source of values: a key of a ConfigMap or Secret in the resource's namespace.

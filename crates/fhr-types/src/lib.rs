@@ -12,6 +12,6 @@ pub mod values;
 
 pub use api::{
     DriftMemory, FluxHelmRelease, FluxHelmReleaseSpec, FluxHelmReleaseStatus, KeyRef,
-    RepositoryChart, Rollback, ValuesFromSource, crd,
+    LocalObjectReference, RepositoryChart, Rollback, ValuesFromSource, crd,
 };
 pub use values::{NameValue, Values};

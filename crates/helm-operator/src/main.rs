@@ -191,7 +191,8 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(workers = config.workers, "controller starting");
     Controller::for_stream(objects, reader.clone())
         .reconcile_on(trigger_rx)
-        // A change to a ConfigMap or Secret re-queues the resources whose valuesFrom names it;
+        // A change to a ConfigMap or Secret re-queues the resources that name it (valuesFrom, a
+        // chart repository's credentials);
         // metadata is enough to know, and keeps Secret contents out of the operator's memory.
         .watches_stream(
             watcher(
@@ -203,7 +204,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
             )
             .default_backoff()
             .touched_objects(),
-            watches::referencing(reader.clone(), |source| source.config_map_key_ref.as_ref()),
+            watches::referencing(reader.clone(), watches::names_config_map),
         )
         .watches_stream(
             watcher(
@@ -215,7 +216,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
             )
             .default_backoff()
             .touched_objects(),
-            watches::referencing(reader, |source| source.secret_key_ref.as_ref()),
+            watches::referencing(reader, watches::names_secret),
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(config.workers))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())

@@ -35,6 +35,20 @@ pub enum ChartSourceError {
         /// What went wrong.
         message: String,
     },
+    /// The repository refused the request: no or wrong credentials.
+    #[error("fetching {url}: the server answered {status}; {}", if *had_credentials {
+        "check the credentials in the Secret named by spec.chart.secretRef"
+    } else {
+        "the repository needs credentials: name a Secret in spec.chart.secretRef"
+    })]
+    Unauthorized {
+        /// What was fetched.
+        url: String,
+        /// The answer.
+        status: String,
+        /// Whether credentials were sent.
+        had_credentials: bool,
+    },
     /// The index or the version choice is unusable.
     #[error(transparent)]
     Repository(#[from] RepositoryError),
@@ -59,6 +73,84 @@ impl ChartSourceError {
             self,
             ChartSourceError::Fetch { .. } | ChartSourceError::Cache(_)
         )
+    }
+}
+
+/// How a repository is authenticated (from `spec.chart.secretRef`). Never shown: its Debug
+/// form is a placeholder, and no message repeats it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// HTTP basic auth.
+    Basic {
+        /// The user.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// A bearer token.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(***)")
+    }
+}
+
+impl Credentials {
+    /// Reads credentials from a Secret's data: `username` and `password`, or `token`.
+    pub fn from_secret_data(
+        data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+    ) -> Option<Credentials> {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
+        };
+        match (text("username"), text("password"), text("token")) {
+            (Some(username), Some(password), _) => Some(Credentials::Basic { username, password }),
+            (_, _, Some(token)) => Some(Credentials::Bearer(token)),
+            _ => None,
+        }
+    }
+
+    /// A key that tells credentials apart without holding them (indexes are cached per
+    /// repository and credentials, so releases without them never read an index fetched with
+    /// someone else's).
+    fn cache_key(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        match self {
+            Credentials::Basic { username, password } => {
+                hash.update(b"basic\0");
+                hash.update(username.as_bytes());
+                hash.update(b"\0");
+                hash.update(password.as_bytes());
+            }
+            Credentials::Bearer(token) => {
+                hash.update(b"bearer\0");
+                hash.update(token.as_bytes());
+            }
+        }
+        hex::encode(hash.finalize())
+    }
+
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Credentials::Basic { username, password } => {
+                request.basic_auth(username, Some(password))
+            }
+            Credentials::Bearer(token) => request.bearer_auth(token),
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL: credentials go only to the repository's own origin.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
     }
 }
 
@@ -121,11 +213,15 @@ impl Repositories {
 
     /// Resolves `chart`'s version in its repository and returns the unpacked chart, fetching the
     /// index (at most once per interval) and the archive (once per digest) as needed.
-    pub async fn chart(&self, chart: &RepositoryChart) -> Result<FetchedChart, ChartSourceError> {
+    pub async fn chart(
+        &self,
+        chart: &RepositoryChart,
+        credentials: Option<&Credentials>,
+    ) -> Result<FetchedChart, ChartSourceError> {
         if chart.repository.starts_with("http://") && !self.allow_http {
             return Err(ChartSourceError::InsecureUrl(chart.repository.clone()));
         }
-        let index = self.index(&chart.repository).await?;
+        let index = self.index(&chart.repository, credentials).await?;
         let entry = repository::resolve(&index, &chart.name, &chart.version)?;
         let url = repository::archive_url(&chart.repository, &chart.name, entry)?;
         let key = match &entry.digest {
@@ -154,7 +250,11 @@ impl Repositories {
                 dir: cached.0,
             });
         }
-        let archive = self.get(&url, MAX_ARCHIVE_BYTES, "archive").await?;
+        // Credentials go to the repository's origin only, as Helm sends them by default.
+        let to_archive = credentials.filter(|_| origin(&url) == origin(&chart.repository));
+        let archive = self
+            .get(&url, MAX_ARCHIVE_BYTES, "archive", to_archive)
+            .await?;
         let digest = repository::verify(&archive, entry.digest.as_deref())?;
         let dir = self.unpack(&entry_dir, &url, &digest, archive).await?;
         self.evict();
@@ -166,12 +266,20 @@ impl Repositories {
     }
 
     /// The repository's index, fetched unless it was within the interval.
-    async fn index(&self, repository_url: &str) -> Result<Arc<Index>, ChartSourceError> {
+    async fn index(
+        &self,
+        repository_url: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Arc<Index>, ChartSourceError> {
+        let key = match credentials {
+            Some(credentials) => format!("{repository_url} {}", credentials.cache_key()),
+            None => repository_url.to_owned(),
+        };
         let slot = self
             .indexes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(repository_url.to_owned())
+            .entry(key)
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
@@ -181,7 +289,9 @@ impl Repositories {
             return Ok(cached.index.clone());
         }
         let url = format!("{}/index.yaml", repository_url.trim_end_matches('/'));
-        let bytes = self.get(&url, MAX_INDEX_BYTES, "index").await?;
+        let bytes = self
+            .get(&url, MAX_INDEX_BYTES, "index", credentials)
+            .await?;
         let text = String::from_utf8(bytes).map_err(|_| {
             ChartSourceError::Repository(RepositoryError::InvalidIndex("not UTF-8".into()))
         })?;
@@ -197,30 +307,43 @@ impl Repositories {
         Ok(index)
     }
 
-    /// GETs `url`, refusing a body over `max` bytes without reading more than that.
+    /// GETs `url` (with `credentials`), refusing a body over `max` bytes without reading more
+    /// than that.
     async fn get(
         &self,
         url: &str,
         max: usize,
         kind: &'static str,
+        credentials: Option<&Credentials>,
     ) -> Result<Vec<u8>, ChartSourceError> {
-        let result = self.get_bounded(url, max).await;
+        let result = self.get_bounded(url, max, credentials).await;
         self.count(kind, if result.is_ok() { "fetched" } else { "error" });
         result
     }
 
-    async fn get_bounded(&self, url: &str, max: usize) -> Result<Vec<u8>, ChartSourceError> {
+    async fn get_bounded(
+        &self,
+        url: &str,
+        max: usize,
+        credentials: Option<&Credentials>,
+    ) -> Result<Vec<u8>, ChartSourceError> {
         let fail = |message: String| ChartSourceError::Fetch {
             url: url.to_owned(),
             message,
         };
-        let mut response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| fail(without_url(&e)))?;
+        let mut request = self.http.get(url);
+        if let Some(credentials) = credentials {
+            request = credentials.apply(request);
+        }
+        let mut response = request.send().await.map_err(|e| fail(without_url(&e)))?;
         let status = response.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(ChartSourceError::Unauthorized {
+                url: url.to_owned(),
+                status: status.to_string(),
+                had_credentials: credentials.is_some(),
+            });
+        }
         if !status.is_success() {
             return Err(fail(format!("the server answered {status}")));
         }
@@ -332,4 +455,60 @@ fn without_url(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_read_from_secret_keys_and_never_shown() {
+        let data = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect()
+        };
+        let basic =
+            Credentials::from_secret_data(&data(&[("username", "u"), ("password", "p4ss\n")]));
+        assert_eq!(
+            basic,
+            Some(Credentials::Basic {
+                username: "u".into(),
+                password: "p4ss".into()
+            })
+        );
+        assert_eq!(format!("{basic:?}"), "Some(Credentials(***))");
+        assert_eq!(
+            Credentials::from_secret_data(&data(&[("token", "t")])),
+            Some(Credentials::Bearer("t".into()))
+        );
+        assert_eq!(
+            Credentials::from_secret_data(&data(&[("username", "u")])),
+            None
+        );
+        let other = Credentials::Bearer("u".into());
+        assert_ne!(basic.unwrap().cache_key(), other.cache_key());
+    }
+
+    #[test]
+    fn credentials_stay_with_the_repository_origin() {
+        assert_eq!(
+            origin("https://charts.example.com/stable"),
+            "https://charts.example.com"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080/charts/x.tgz"),
+            "http://127.0.0.1:8080"
+        );
+        assert_ne!(
+            origin("https://cdn.example.net/x.tgz"),
+            origin("https://charts.example.com/stable")
+        );
+    }
 }

@@ -31,10 +31,11 @@ where
     }
 }
 
-/// Maps a changed ConfigMap or Secret to the resources in its namespace whose `valuesFrom` names it.
+/// Maps a changed ConfigMap or Secret to the resources in its namespace that name it
+/// (`names(spec, object name)`: through `valuesFrom`, or a chart repository's `secretRef`).
 pub fn referencing<K: kube::Resource>(
     store: kube::runtime::reflector::Store<FluxHelmRelease>,
-    reference: fn(&fhr_types::ValuesFromSource) -> Option<&fhr_types::KeyRef>,
+    names: fn(&fhr_types::FluxHelmReleaseSpec, &str) -> bool,
 ) -> impl Fn(
     kube::core::PartialObjectMeta<K>,
 ) -> Vec<kube::runtime::reflector::ObjectRef<FluxHelmRelease>>
@@ -50,14 +51,30 @@ pub fn referencing<K: kube::Resource>(
             .state()
             .iter()
             .filter(|fhr| fhr.metadata.namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|fhr| {
-                fhr.spec
-                    .values_from
-                    .iter()
-                    .filter_map(reference)
-                    .any(|r| r.name == name)
-            })
+            .filter(|fhr| names(&fhr.spec, &name))
             .map(|fhr| kube::runtime::reflector::ObjectRef::from_obj(&**fhr))
             .collect()
     }
+}
+
+/// Whether a spec's `valuesFrom` names ConfigMap `name`.
+pub fn names_config_map(spec: &fhr_types::FluxHelmReleaseSpec, name: &str) -> bool {
+    spec.values_from
+        .iter()
+        .filter_map(|source| source.config_map_key_ref.as_ref())
+        .any(|r| r.name == name)
+}
+
+/// Whether a spec names Secret `name`: in `valuesFrom`, or as its chart repository's
+/// credentials.
+pub fn names_secret(spec: &fhr_types::FluxHelmReleaseSpec, name: &str) -> bool {
+    spec.values_from
+        .iter()
+        .filter_map(|source| source.secret_key_ref.as_ref())
+        .any(|r| r.name == name)
+        || spec
+            .chart
+            .as_ref()
+            .and_then(|chart| chart.secret_ref.as_ref())
+            .is_some_and(|r| r.name == name)
 }

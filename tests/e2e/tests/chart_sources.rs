@@ -262,3 +262,84 @@ async fn unsafe_or_oversized_repositories_are_refused_with_a_condition() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn repository_credentials_are_used_and_never_shown() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    let repository = ChartRepository::start().await.unwrap();
+    let mut env = OperatorEnv::new("repo-auth").await;
+    publish(&env, &repository, "1.0.0");
+    let password = format!("canary-{}", e2e::unique_name("repo-password"));
+    let wrong = format!("canary-{}", e2e::unique_name("wrong-password"));
+    repository.require_basic_auth("reader", &password);
+    env.start_operator(&["--chart-allow-insecure-http"]).await;
+
+    // No credentials: the condition says what to do.
+    let mut spec = from_repository(&repository, "1.0.0");
+    env.apply("auth", spec.clone()).await;
+    let fhr = env.wait_condition("auth", "False", "ChartPullFailed").await;
+    assert!(
+        ready_message(&fhr).contains("401")
+            && ready_message(&fhr).contains("name a Secret in spec.chart.secretRef"),
+        "{}",
+        ready_message(&fhr)
+    );
+
+    // Wrong credentials: the condition says which, and repeats no secret.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let credentials = |password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-credentials"},
+            "stringData": {"username": "reader", "password": password}})
+    };
+    let apply = PatchParams::apply(e2e::TEST_MANAGER).force();
+    secrets
+        .patch(
+            "repo-credentials",
+            &apply,
+            &Patch::Apply(&credentials(&wrong)),
+        )
+        .await
+        .unwrap();
+    spec["chart"]["secretRef"] = json!({"name": "repo-credentials"});
+    env.apply("auth", spec).await;
+    eventually(
+        "the wrong credentials reported",
+        Duration::from_secs(60),
+        || async {
+            let fhr = env.api().get("auth").await.map_err(|e| e.to_string())?;
+            let message = ready_message(&fhr);
+            if message.contains("check the credentials in the Secret named by spec.chart.secretRef")
+            {
+                Ok(())
+            } else {
+                Err(message)
+            }
+        },
+    )
+    .await;
+
+    // Fixing the Secret is enough: its change re-queues the release, which installs.
+    secrets
+        .patch(
+            "repo-credentials",
+            &apply,
+            &Patch::Apply(&credentials(&password)),
+        )
+        .await
+        .unwrap();
+    env.wait_for("auth", "installed with the credentials", ready)
+        .await;
+
+    let status = serde_json::to_string(&env.api().get("auth").await.unwrap().status).unwrap();
+    let events = format!("{:?}", env.events().await);
+    let log = env.operator().log();
+    for canary in [&password, &wrong] {
+        assert!(!status.contains(canary.as_str()), "status: {status}");
+        assert!(!events.contains(canary.as_str()), "events: {events}");
+        assert!(
+            !log.contains(canary.as_str()),
+            "the operator's log repeats a password"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use super::{Context, Error, short};
 use crate::gitwatch::GitView;
 use crate::identity::forbidden;
-use crate::repositories::FetchedChart;
+use crate::repositories::{Credentials, FetchedChart};
 use crate::{drift, storage, values_from};
 use fhr_git::{ObjectId, Snapshot};
 use fhr_release::desired::{self, ChartSource, Desired, SpecError};
@@ -139,6 +139,9 @@ pub async fn gather<H: Helm>(
         return Ok(Gather::Suspended);
     }
     status.release_name = Some(desired.release.clone());
+    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
+    let account = desired.service_account.as_deref();
+    let client = ctx.identities.client(&namespace, account)?;
 
     let chart = match &desired.chart {
         ChartSource::Git { path } => {
@@ -157,20 +160,24 @@ pub async fn gather<H: Helm>(
             };
             GatheredChart::Git { snapshot, tree }
         }
-        ChartSource::Repository(source) => match ctx.repositories.chart(source).await {
-            Ok(fetched) => GatheredChart::Repository(fetched),
-            Err(e) => {
-                return Ok(Gather::Blocked(Blocked::ChartPullFailed {
-                    message: format!("chart {}: {e}", desired.chart.describe()),
-                    transient: e.transient(),
-                }));
+        ChartSource::Repository(source) => {
+            let credentials =
+                match repository_credentials(&client, &namespace, account, source).await {
+                    Ok(credentials) => credentials,
+                    Err(blocked) => return Ok(Gather::Blocked(blocked)),
+                };
+            match ctx.repositories.chart(source, credentials.as_ref()).await {
+                Ok(fetched) => GatheredChart::Repository(fetched),
+                Err(e) => {
+                    return Ok(Gather::Blocked(Blocked::ChartPullFailed {
+                        message: format!("chart {}: {e}", desired.chart.describe()),
+                        transient: e.transient(),
+                    }));
+                }
             }
-        },
+        }
     };
 
-    let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
-    let account = desired.service_account.as_deref();
-    let client = ctx.identities.client(&namespace, account)?;
     let resolved = match values_from::resolve(&client, fhr, &namespace, &desired.values).await {
         Ok(resolved) => resolved,
         Err(values_from::SourceError::Api(e)) => return Err(Error::Kube(e)),
@@ -358,6 +365,49 @@ pub fn claims(
         .collect();
     claims.push(claim(me));
     claims
+}
+
+/// The credentials `spec.chart.secretRef` names, read as whoever acts for the release (a tenant
+/// cannot use a Secret its account may not read).
+async fn repository_credentials(
+    client: &kube::Client,
+    namespace: &str,
+    account: Option<&str>,
+    source: &fhr_types::RepositoryChart,
+) -> Result<Option<Credentials>, Blocked> {
+    let Some(reference) = &source.secret_ref else {
+        return Ok(None);
+    };
+    let what = format!(
+        "Secret {namespace}/{} (spec.chart.secretRef)",
+        reference.name
+    );
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let pull_failed = |message: String| Blocked::ChartPullFailed {
+        message,
+        transient: false,
+    };
+    match secrets.get_opt(&reference.name).await {
+        Ok(Some(secret)) => Credentials::from_secret_data(&secret.data.unwrap_or_default())
+            .map(Some)
+            .ok_or_else(|| {
+                pull_failed(format!(
+                    "{what} holds neither username and password nor token"
+                ))
+            }),
+        Ok(None) => Err(pull_failed(format!("{what} does not exist"))),
+        Err(e) => match forbidden(&e) {
+            Some(message) => Err(Blocked::Forbidden(format!(
+                "{} may not read {what}: {message}",
+                acting(namespace, account)
+            ))),
+            None => Err(Blocked::ChartPullFailed {
+                message: format!("reading {what}: {e}"),
+                transient: true,
+            }),
+        },
+    }
 }
 
 /// Who acts for a release, as messages name it.
