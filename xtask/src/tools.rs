@@ -1,11 +1,11 @@
-//! `cargo xtask tools`: build kube-apiserver, etcd, the Helm engine, helm v4 and helm v3 from
-//! the pinned Go modules under tools/ and engine/.
+//! `cargo xtask tools`: build kube-apiserver, etcd, the Helm engine, helm v4, helm v3 and (for
+//! the tests) crane's OCI registry from the pinned Go modules under tools/ and engine/.
 //!
 //! Binaries go to a cache outside the repository (see `fhr_testenv::tools`), one folder per pin,
 //! written under a temporary name and renamed so that an interrupted build never looks complete.
 
 use anyhow::{Context, bail};
-use fhr_testenv::tools::{CONTROL_PLANE, HELM, HELM_ENGINE, ToolModule, repository_dir};
+use fhr_testenv::tools::{CONTROL_PLANE, HELM, HELM_ENGINE, REGISTRY, ToolModule, repository_dir};
 use std::process::Command;
 
 /// Whether the Debian packages only the tests use are wanted: the SSH server for the SSH git
@@ -30,6 +30,10 @@ pub fn run(force: bool, packages: TestPackages) -> anyhow::Result<()> {
     let go = which_go()?;
     for module in [CONTROL_PLANE, HELM_ENGINE, HELM] {
         build_module(&go, &module, force)?;
+    }
+    // The OCI registry only the chart-source tests use.
+    if packages == TestPackages::Install {
+        build_module(&go, &REGISTRY, force)?;
     }
     Ok(())
 }

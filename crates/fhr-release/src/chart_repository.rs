@@ -178,6 +178,26 @@ pub fn resolve<'a>(
         })
 }
 
+/// The newest of `versions` (an OCI repository's tags, as versions) that `constraint` accepts.
+pub fn resolve_version(
+    versions: &[String],
+    name: &str,
+    constraint: &str,
+) -> Result<String, RepositoryError> {
+    let entries: Vec<Entry> = versions
+        .iter()
+        .map(|v| Entry {
+            version: v.clone(),
+            digest: None,
+            urls: Vec::new(),
+        })
+        .collect();
+    let index = Index {
+        entries: BTreeMap::from([(name.to_owned(), entries)]),
+    };
+    resolve(&index, name, constraint).map(|e| e.version.clone())
+}
+
 /// The archive's URL: the entry's first URL, resolved against the repository's URL when
 /// relative (as Helm resolves it against the index's URL).
 pub fn archive_url(repository: &str, name: &str, entry: &Entry) -> Result<String, RepositoryError> {

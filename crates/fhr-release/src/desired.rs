@@ -48,10 +48,15 @@ impl ChartSource {
     pub fn describe(&self) -> String {
         match self {
             ChartSource::Git { path } => format!("{path:?}"),
-            ChartSource::Repository(chart) => format!(
-                "{:?} {} of repository {}",
-                chart.name, chart.version, chart.repository
-            ),
+            ChartSource::Repository(chart) => match (&chart.oci, &chart.name, &chart.repository) {
+                (Some(oci), _, _) => format!("{oci} {}", chart.version),
+                (None, name, repository) => format!(
+                    "{:?} {} of repository {}",
+                    name.as_deref().unwrap_or_default(),
+                    chart.version,
+                    repository.as_deref().unwrap_or_default()
+                ),
+            },
         }
     }
 }
@@ -107,6 +112,19 @@ fn from_resource(
             path: chart_path(charts_path, path)?,
         },
         (None, Some(chart)) => {
+            let one_source = match (&chart.repository, &chart.name, &chart.oci) {
+                (Some(_), Some(_), None) => true,
+                (None, None, Some(oci)) => oci.starts_with("oci://"),
+                _ => false,
+            };
+            if !one_source {
+                return Err(SpecError {
+                    reason: reason::INVALID_SPEC,
+                    message:
+                        "spec.chart: set repository and name, or oci (oci://registry/path/chart)"
+                            .into(),
+                });
+            }
             crate::chart_repository::Constraint::parse(&chart.version).map_err(|e| SpecError {
                 reason: reason::INVALID_SPEC,
                 message: format!("spec.chart.version: {e}"),
@@ -258,6 +276,14 @@ mod tests {
             ),
             (
                 json!({"chart": {"repository": "https://r", "name": "a", "version": ">>1"}}),
+                reason::INVALID_SPEC,
+            ),
+            (
+                json!({"chart": {"repository": "https://r", "oci": "oci://r/a", "name": "a", "version": "1"}}),
+                reason::INVALID_SPEC,
+            ),
+            (
+                json!({"chart": {"repository": "https://r", "version": "1"}}),
                 reason::INVALID_SPEC,
             ),
         ];

@@ -127,3 +127,56 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }
+
+/// An OCI registry on loopback (`crane registry serve`, from the pinned go-containerregistry),
+/// to which tests push charts with `helm push`.
+pub struct OciRegistry {
+    addr: SocketAddr,
+    _process: crate::OwnedChild,
+    _dir: WorkDir,
+}
+
+impl OciRegistry {
+    /// Starts a registry on a free loopback port and waits until it answers. crane comes from
+    /// `CRANE_BIN`, else the tool cache (`cargo xtask tools` builds it).
+    pub async fn start() -> std::io::Result<OciRegistry> {
+        let crane = std::env::var_os("CRANE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::tools::REGISTRY.cache_dir().join("crane"));
+        if !crane.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{} is missing: run `cargo xtask tools` (or set CRANE_BIN)",
+                    crane.display()
+                ),
+            ));
+        }
+        let dir = WorkDir::create("oci-registry")?;
+        let port = crate::free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut command = std::process::Command::new(&crane);
+        command.args(["registry", "serve", "--address", &addr.to_string()]);
+        let process = crate::OwnedChild::spawn("crane", command, &dir.path().join("crane.log"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "crane registry serve did not listen on {addr}: {}",
+                    std::fs::read_to_string(dir.path().join("crane.log")).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(OciRegistry {
+            addr,
+            _process: process,
+            _dir: dir,
+        })
+    }
+
+    /// `host:port`, for `oci://<host>/<path>` references and `helm push`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}

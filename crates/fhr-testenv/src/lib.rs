@@ -19,7 +19,7 @@ pub mod ssh_server;
 pub mod tools;
 pub mod workdir;
 
-pub use chart_repository::ChartRepository;
+pub use chart_repository::{ChartRepository, OciRegistry};
 pub use control_plane::{
     Audit, ControlPlane, Options as ControlPlaneOptions, StartError, client_from_kubeconfig,
     create_namespace, free_port, free_ports,

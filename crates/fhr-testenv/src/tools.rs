@@ -88,6 +88,20 @@ pub const HELM: ToolModule = ToolModule {
     whole_dir: false,
 };
 
+/// crane, for `crane registry serve`: the OCI registry the chart-source tests push charts to.
+pub const REGISTRY: ToolModule = ToolModule {
+    name: "registry",
+    dir: "tools/registry",
+    versioned_module: "github.com/google/go-containerregistry",
+    binaries: &[("crane", "github.com/google/go-containerregistry/cmd/crane")],
+    stamps: &[],
+    sources: &[
+        include_str!("../../../tools/registry/go.mod"),
+        include_str!("../../../tools/registry/go.sum"),
+    ],
+    whole_dir: false,
+};
+
 /// Flux's helm-controller: the baseline `cargo xtask bench` measures against (built by the
 /// benchmark only, not by the test command).
 pub const FLUX_HELM_CONTROLLER: ToolModule = ToolModule {

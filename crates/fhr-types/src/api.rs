@@ -113,20 +113,41 @@ pub struct FluxHelmReleaseSpec {
     pub service_account_name: Option<String>,
 }
 
-/// A chart in a Helm chart repository (an `index.yaml` and chart archives served over HTTP).
+/// A chart from a Helm chart repository (an `index.yaml` and archives served over HTTP) or from
+/// an OCI registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.repository) != has(self.oci)",
+        "message": "set exactly one of repository (a Helm chart repository) and oci (an OCI registry)"
+    },
+    {
+        "rule": "has(self.repository) == has(self.name)",
+        "message": "name goes with repository; an oci reference names its chart itself"
+    }
+]))]
 pub struct RepositoryChart {
-    /// The repository's URL, where its `index.yaml` is: `https://…` (`http://` only when the
-    /// operator runs with `--chart-allow-insecure-http`).
+    /// A Helm chart repository's URL, where its `index.yaml` is: `https://…` (`http://` only
+    /// when the operator runs with `--chart-allow-insecure-http`). Set this and `name`, or `oci`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
-    pub repository: String,
+    pub repository: Option<String>,
     /// The chart's name in the repository's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
     )]
-    pub name: String,
+    pub name: Option<String>,
+    /// The chart in an OCI registry: `oci://<registry>/<path>/<chart>`, without a tag (the
+    /// version picks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^oci://[^\s:@]+(:[0-9]+)?/[^\s:@]+$")
+    )]
+    pub oci: Option<String>,
     /// An exact version (`1.2.3`) or a range (`~1.2.0`, `^1`, `>=1.2 <2`, `1.2.x`): the newest
     /// version in the index that matches is installed, and a newer one that matches upgrades.
     #[schemars(length(min = 1, max = 128))]

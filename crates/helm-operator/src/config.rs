@@ -37,7 +37,8 @@ pub struct Config {
     #[arg(long, env = "CHART_REPOSITORY_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     pub chart_repository_interval: Duration,
 
-    /// Allow chart repositories on plain `http://` (anyone on the path can change the charts).
+    /// Allow chart repositories on plain `http://`, and speak to OCI registries over plain http
+    /// (anyone on the path can change the charts).
     #[arg(long, env = "CHART_ALLOW_INSECURE_HTTP")]
     pub chart_allow_insecure_http: bool,
 

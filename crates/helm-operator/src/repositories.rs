@@ -182,7 +182,15 @@ pub struct Repositories {
     indexes: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<CachedIndex>>>>>,
     /// Per archive digest: one download at a time.
     downloads: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per OCI repository (and credentials): the last tag list and when it was listed.
+    tags: std::sync::Mutex<HashMap<String, TagSlot>>,
 }
+
+/// One OCI repository's tags, listed at most once per interval.
+type TagSlot = Arc<Mutex<Option<(Instant, Arc<Vec<String>>)>>>;
+
+/// The media type of the layer holding a chart archive in an OCI image (`helm push`).
+const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
 
 impl Repositories {
     /// Repositories whose charts are kept under `dir`, indexes fetched at most every `interval`.
@@ -208,22 +216,43 @@ impl Repositories {
             metrics,
             indexes: Default::default(),
             downloads: Default::default(),
+            tags: Default::default(),
         })
     }
 
-    /// Resolves `chart`'s version in its repository and returns the unpacked chart, fetching the
-    /// index (at most once per interval) and the archive (once per digest) as needed.
+    /// Resolves `chart`'s version in its repository or registry and returns the unpacked chart,
+    /// fetching the index or tag list (at most once per interval) and the archive (once per
+    /// digest) as needed.
     pub async fn chart(
         &self,
         chart: &RepositoryChart,
         credentials: Option<&Credentials>,
     ) -> Result<FetchedChart, ChartSourceError> {
-        if chart.repository.starts_with("http://") && !self.allow_http {
-            return Err(ChartSourceError::InsecureUrl(chart.repository.clone()));
+        match (&chart.repository, &chart.name, &chart.oci) {
+            (Some(repository), Some(name), None) => {
+                self.repository_chart(repository, name, &chart.version, credentials)
+                    .await
+            }
+            (None, None, Some(oci)) => self.oci_chart(oci, &chart.version, credentials).await,
+            _ => Err(ChartSourceError::Repository(RepositoryError::InvalidIndex(
+                "spec.chart sets neither repository and name nor oci".into(),
+            ))),
         }
-        let index = self.index(&chart.repository, credentials).await?;
-        let entry = repository::resolve(&index, &chart.name, &chart.version)?;
-        let url = repository::archive_url(&chart.repository, &chart.name, entry)?;
+    }
+
+    async fn repository_chart(
+        &self,
+        repository: &str,
+        name: &str,
+        version: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<FetchedChart, ChartSourceError> {
+        if repository.starts_with("http://") && !self.allow_http {
+            return Err(ChartSourceError::InsecureUrl(repository.to_owned()));
+        }
+        let index = self.index(repository, credentials).await?;
+        let entry = repository::resolve(&index, name, version)?;
+        let url = repository::archive_url(repository, name, entry)?;
         let key = match &entry.digest {
             Some(digest) => digest.to_ascii_lowercase(),
             // No digest in the index: the URL names the cache entry, and the download is
@@ -232,36 +261,220 @@ impl Repositories {
                 <sha2::Sha256 as sha2::Digest>::new_with_prefix(url.as_bytes()),
             )),
         };
+        // Credentials go to the repository's origin only, as Helm sends them by default.
+        let to_archive = credentials.filter(|_| origin(&url) == origin(repository));
+        let download = self.get(&url, MAX_ARCHIVE_BYTES, "archive", to_archive);
+        self.archive(
+            &key,
+            &entry.version,
+            &url,
+            entry.digest.as_deref(),
+            download,
+        )
+        .await
+    }
+
+    /// The chart archive `key` names, from the cache, or downloaded by `download`, verified
+    /// against `expected` (hex SHA-256) and unpacked; one download per key at a time.
+    async fn archive(
+        &self,
+        key: &str,
+        version: &str,
+        url: &str,
+        expected: Option<&str>,
+        download: impl Future<Output = Result<Vec<u8>, ChartSourceError>>,
+    ) -> Result<FetchedChart, ChartSourceError> {
         let lock = self
             .downloads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
+            .entry(key.to_owned())
             .or_default()
             .clone();
         let _downloading = lock.lock().await;
-        let entry_dir = self.dir.join(&key);
-        if let Some(cached) = cached_chart(&entry_dir) {
+        let entry_dir = self.dir.join(key);
+        if let Some((dir, digest)) = cached_chart(&entry_dir) {
             self.count("archive", "cached");
             touch(&entry_dir);
             return Ok(FetchedChart {
-                version: entry.version.clone(),
-                digest: cached.1,
-                dir: cached.0,
+                version: version.to_owned(),
+                digest,
+                dir,
             });
         }
-        // Credentials go to the repository's origin only, as Helm sends them by default.
-        let to_archive = credentials.filter(|_| origin(&url) == origin(&chart.repository));
-        let archive = self
-            .get(&url, MAX_ARCHIVE_BYTES, "archive", to_archive)
-            .await?;
-        let digest = repository::verify(&archive, entry.digest.as_deref())?;
-        let dir = self.unpack(&entry_dir, &url, &digest, archive).await?;
+        let archive = download.await?;
+        let digest = repository::verify(&archive, expected)?;
+        let dir = self.unpack(&entry_dir, url, &digest, archive).await?;
         self.evict();
         Ok(FetchedChart {
-            version: entry.version.clone(),
+            version: version.to_owned(),
             digest,
             dir,
+        })
+    }
+
+    /// A chart in an OCI registry (as `helm push` stores it): the newest tag matching
+    /// `version`, its manifest, and the chart layer.
+    async fn oci_chart(
+        &self,
+        oci: &str,
+        version: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<FetchedChart, ChartSourceError> {
+        let (registry, repository) = oci
+            .strip_prefix("oci://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| ChartSourceError::Fetch {
+                url: oci.to_owned(),
+                message: "not an oci://<registry>/<path> reference".into(),
+            })?;
+        let auth = match credentials {
+            Some(Credentials::Basic { username, password }) => {
+                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Some(Credentials::Bearer(token)) => {
+                oci_client::secrets::RegistryAuth::Bearer(token.clone())
+            }
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+        };
+        let client = self.oci_client();
+        let fail = |what: &str, e: oci_client::errors::OciDistributionError| {
+            let message = e.to_string();
+            if message.contains("401") || message.contains("403") || message.contains("nauthorized")
+            {
+                ChartSourceError::Unauthorized {
+                    url: format!("{oci} ({what})"),
+                    status: message,
+                    had_credentials: credentials.is_some(),
+                }
+            } else {
+                ChartSourceError::Fetch {
+                    url: format!("{oci} ({what})"),
+                    message,
+                }
+            }
+        };
+        let tags = self
+            .oci_tags(&client, registry, repository, &auth, credentials)
+            .await
+            .map_err(|e| fail("tags", e))?;
+        // Helm stores `+` of a version as `_` in a tag.
+        let versions: Vec<String> = tags.iter().map(|t| t.replace('_', "+")).collect();
+        let chosen = repository::resolve_version(&versions, oci, version)?;
+        let tag = chosen.replace('+', "_");
+        let reference =
+            oci_client::Reference::with_tag(registry.to_owned(), repository.to_owned(), tag);
+        let (manifest, _) = client
+            .pull_image_manifest(&reference, &auth)
+            .await
+            .map_err(|e| fail("manifest", e))?;
+        let layer = manifest
+            .layers
+            .iter()
+            .find(|l| l.media_type == HELM_CHART_LAYER)
+            .ok_or_else(|| ChartSourceError::Refused {
+                url: format!("{oci}:{chosen}"),
+                reason: format!(
+                    "the image has no {HELM_CHART_LAYER} layer: it is not a Helm chart"
+                ),
+            })?
+            .clone();
+        if layer.size < 0 || layer.size as u64 > MAX_ARCHIVE_BYTES as u64 {
+            return Err(ChartSourceError::Fetch {
+                url: format!("{oci}:{chosen}"),
+                message: format!(
+                    "the chart layer is larger than {} MiB",
+                    MAX_ARCHIVE_BYTES >> 20
+                ),
+            });
+        }
+        let expected = layer
+            .digest
+            .strip_prefix("sha256:")
+            .map(str::to_owned)
+            .ok_or_else(|| ChartSourceError::Refused {
+                url: format!("{oci}:{chosen}"),
+                reason: format!("unsupported layer digest {}", layer.digest),
+            })?;
+        let url = format!("{oci}:{chosen}");
+        let download = async {
+            let result = async {
+                let mut blob = client
+                    .pull_blob_stream(&reference, &layer)
+                    .await
+                    .map_err(|e| fail("chart layer", e))?;
+                let mut body = Vec::new();
+                while let Some(chunk) = futures::StreamExt::next(&mut blob.stream).await {
+                    let chunk = chunk.map_err(|e| ChartSourceError::Fetch {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                    if body.len() + chunk.len() > MAX_ARCHIVE_BYTES {
+                        return Err(ChartSourceError::Fetch {
+                            url: url.clone(),
+                            message: format!("larger than {} MiB", MAX_ARCHIVE_BYTES >> 20),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body)
+            }
+            .await;
+            self.count("archive", if result.is_ok() { "fetched" } else { "error" });
+            result
+        };
+        self.archive(&expected, &chosen, &url, Some(&expected), download)
+            .await
+    }
+
+    /// The tags of an OCI repository, listed at most once per interval (per credentials).
+    async fn oci_tags(
+        &self,
+        client: &oci_client::Client,
+        registry: &str,
+        repository: &str,
+        auth: &oci_client::secrets::RegistryAuth,
+        credentials: Option<&Credentials>,
+    ) -> Result<Arc<Vec<String>>, oci_client::errors::OciDistributionError> {
+        let key = format!(
+            "oci://{registry}/{repository} {}",
+            credentials.map(Credentials::cache_key).unwrap_or_default()
+        );
+        let slot = self
+            .tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some((fetched, tags)) = slot.as_ref()
+            && fetched.elapsed() < self.interval
+        {
+            return Ok(tags.clone());
+        }
+        let reference = oci_client::Reference::with_tag(
+            registry.to_owned(),
+            repository.to_owned(),
+            "latest".to_owned(),
+        );
+        let result = client.list_tags(&reference, auth, None, None).await;
+        self.count("index", if result.is_ok() { "fetched" } else { "error" });
+        let tags = Arc::new(result?.tags);
+        *slot = Some((Instant::now(), tags.clone()));
+        Ok(tags)
+    }
+
+    /// An OCI client: plain http only where the operator allows it.
+    fn oci_client(&self) -> oci_client::Client {
+        let protocol = if self.allow_http {
+            oci_client::client::ClientProtocol::Http
+        } else {
+            oci_client::client::ClientProtocol::Https
+        };
+        oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol,
+            ..Default::default()
         })
     }
 

@@ -58,7 +58,10 @@ pub fn render(items: &[FluxHelmRelease], all_namespaces: bool, now: Timestamp) -
                 status.release_name.clone().unwrap_or_default(),
                 match (&fhr.spec.chart_git_path, &fhr.spec.chart) {
                     (Some(path), _) => path.clone(),
-                    (None, Some(chart)) => format!("{}@{}", chart.name, chart.version),
+                    (None, Some(chart)) => {
+                        let name = chart.oci.as_deref().or(chart.name.as_deref());
+                        format!("{}@{}", name.unwrap_or_default(), chart.version)
+                    }
                     (None, None) => String::new(),
                 },
                 status.revision.map(|r| r.to_string()).unwrap_or_default(),

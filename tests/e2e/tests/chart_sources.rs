@@ -3,15 +3,15 @@
 
 use e2e::eventually;
 use e2e::operator::{OperatorEnv, ready, ready_at, ready_message};
-use fhr_testenv::ChartRepository;
+use fhr_testenv::{ChartRepository, OciRegistry};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-/// Publishes version `version` of the chart `cache` (one ConfigMap saying its version) into
-/// `repository` and indexes the repository again, as a chart's maintainers do.
-fn publish(env: &OperatorEnv, repository: &ChartRepository, version: &str) {
+/// Packages version `version` of the chart `cache` (one ConfigMap saying its version) into
+/// `into`, as `helm package` does; the archive's path.
+fn package(env: &OperatorEnv, version: &str, into: &std::path::Path) -> std::path::PathBuf {
     let source = env.dir.path().join(format!("src-{version}/cache"));
     std::fs::create_dir_all(source.join("templates")).unwrap();
     std::fs::write(
@@ -30,9 +30,31 @@ fn publish(env: &OperatorEnv, repository: &ChartRepository, version: &str) {
             .arg("package")
             .arg(&source)
             .arg("--destination")
-            .arg(repository.dir()),
+            .arg(into),
     );
+    into.join(format!("cache-{version}.tgz"))
+}
+
+/// Publishes version `version` of the chart `cache` into `repository` and indexes the
+/// repository again, as a chart's maintainers do.
+fn publish(env: &OperatorEnv, repository: &ChartRepository, version: &str) {
+    package(env, version, repository.dir());
     e2e::output_ok(env.cp.helm().args(["repo", "index"]).arg(repository.dir()));
+}
+
+/// Pushes version `version` of the chart `cache` to `registry` under `charts/`, with `helm push`.
+fn push(env: &OperatorEnv, registry: &OciRegistry, version: &str) {
+    let out = env.dir.path().join("packages");
+    std::fs::create_dir_all(&out).unwrap();
+    let archive = package(env, version, &out);
+    e2e::output_ok(
+        env.cp
+            .helm()
+            .arg("push")
+            .arg(&archive)
+            .arg(format!("oci://{}/charts", registry.host()))
+            .arg("--plain-http"),
+    );
 }
 
 fn from_repository(repository: &ChartRepository, version: &str) -> serde_json::Value {
@@ -342,4 +364,53 @@ async fn repository_credentials_are_used_and_never_shown() {
             "the operator's log repeats a password"
         );
     }
+}
+
+#[tokio::test]
+async fn an_oci_chart_installs_and_follows_its_version_range() {
+    let registry = OciRegistry::start().await.unwrap();
+    let mut env = OperatorEnv::new("oci-range").await;
+    push(&env, &registry, "1.2.0");
+    env.start_operator(&[
+        "--chart-allow-insecure-http",
+        "--chart-repository-interval=1s",
+        "--charts-sync-interval=2s",
+    ])
+    .await;
+    let oci = format!("oci://{}/charts/cache", registry.host());
+    env.apply("cache", json!({"chart": {"oci": oci, "version": "~1.2.0"}}))
+        .await;
+    let fhr = env
+        .wait_for("cache", "installed from the registry", ready)
+        .await;
+    let release = format!("{}-cache", env.namespace);
+    assert_eq!(deployed_version(&env, &release).await, "1.2.0");
+    // The digest in status is the chart layer's, as helm push stored it.
+    let archive = std::fs::read(env.dir.path().join("packages/cache-1.2.0.tgz")).unwrap();
+    let digest = hex(&Sha256::digest(&archive));
+    assert_eq!(
+        fhr.status.unwrap().chart_revision.as_deref(),
+        Some(format!("1.2.0@sha256:{digest}").as_str())
+    );
+
+    push(&env, &registry, "1.2.4");
+    env.wait_for("cache", "upgraded to 1.2.4", ready_at(2))
+        .await;
+    assert_eq!(deployed_version(&env, &release).await, "1.2.4");
+    push(&env, &registry, "2.0.0");
+    env.reconciles(3.0).await;
+    assert_eq!(
+        env.helm_history(&release).len(),
+        2,
+        "2.0.0 is outside ~1.2.0"
+    );
+    let list = e2e::output_ok(env.cp.helm().args([
+        "list",
+        "--namespace",
+        &env.namespace,
+        "--output",
+        "json",
+    ]));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["chart"], "cache-1.2.4", "{list}");
 }
