@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 struct Shared {
     root: PathBuf,
+    scheme: &'static str,
     requests: Mutex<HashMap<String, usize>>,
     /// `Authorization` header values accepted; none: anyone.
     accepted: Mutex<Vec<String>>,
@@ -35,11 +36,42 @@ impl Drop for ChartRepository {
 impl ChartRepository {
     /// Starts an empty repository on a free loopback port in the current tokio runtime.
     pub async fn start() -> std::io::Result<ChartRepository> {
+        Self::start_with(None).await
+    }
+
+    /// Starts an empty repository served over HTTPS with a certificate for 127.0.0.1 signed by
+    /// a fresh CA; the repository and the CA's PEM.
+    pub async fn start_tls() -> std::io::Result<(ChartRepository, String)> {
+        use rustls::pki_types::pem::PemObject;
+        let pki = crate::pki::Pki::generate().map_err(std::io::Error::other)?;
+        let certificates =
+            rustls::pki_types::CertificateDer::pem_slice_iter(pki.serving_cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(std::io::Error::other)?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.serving_key.as_bytes())
+            .map_err(std::io::Error::other)?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .map_err(std::io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let repository = Self::start_with(Some(acceptor)).await?;
+        Ok((repository, pki.ca_cert))
+    }
+
+    async fn start_with(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<ChartRepository> {
         let dir = WorkDir::create("chart-repository")?;
         let root = dir.path().join("srv");
         std::fs::create_dir_all(&root)?;
         let shared = Arc::new(Shared {
             root,
+            scheme: if tls.is_some() { "https" } else { "http" },
             requests: Mutex::default(),
             accepted: Mutex::default(),
         });
@@ -48,9 +80,21 @@ impl ChartRepository {
         let app = axum::Router::new()
             .fallback(serve)
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                let _ = axum::serve(
+                    TlsListener {
+                        tcp: listener,
+                        acceptor,
+                    },
+                    app,
+                )
+                .await;
+            }),
+        };
         Ok(ChartRepository {
             addr,
             shared,
@@ -61,7 +105,7 @@ impl ChartRepository {
 
     /// The repository's URL (where `index.yaml` is).
     pub fn url(&self) -> String {
-        format!("http://{}/charts", self.addr)
+        format!("{}://{}/charts", self.shared.scheme, self.addr)
     }
 
     /// The folder served as the repository: put archives here and index it.
@@ -90,6 +134,33 @@ impl ChartRepository {
             .get(file)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// TLS on accepted connections; a failed handshake (a client that does not trust the CA) only
+/// drops that connection.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 

@@ -59,7 +59,8 @@ pub struct FluxHelmReleaseSpec {
     #[schemars(length(min = 1, max = 512))]
     pub chart_git_path: Option<String>,
 
-    /// A chart from a Helm chart repository instead of git. Set this or `chartGitPath`.
+    /// A chart from a Helm chart repository or an OCI registry instead of git. Set this or
+    /// `chartGitPath`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart: Option<RepositoryChart>,
 
@@ -157,6 +158,10 @@ pub struct RepositoryChart {
     /// ServiceAccount, sent only to the repository's host, never shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+    /// A Secret of this resource's namespace whose `ca.crt` (PEM) signs the repository's or
+    /// registry's TLS certificate: trusted besides the system's CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<LocalObjectReference>,
 }
 
 /// An object of the resource's own namespace, by name.

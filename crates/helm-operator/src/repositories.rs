@@ -49,6 +49,9 @@ pub enum ChartSourceError {
         /// Whether credentials were sent.
         had_credentials: bool,
     },
+    /// The CA of `spec.chart.caSecretRef` is not a PEM certificate bundle.
+    #[error("the CA in the Secret named by spec.chart.caSecretRef is unusable: {0}")]
+    InvalidCa(String),
     /// The index or the version choice is unusable.
     #[error(transparent)]
     Repository(#[from] RepositoryError),
@@ -145,6 +148,34 @@ impl Credentials {
     }
 }
 
+/// What a release brings to reach its repository: credentials, and a CA to trust.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// From `spec.chart.secretRef`.
+    pub credentials: Option<Credentials>,
+    /// PEM certificates from `spec.chart.caSecretRef`, trusted besides the system's.
+    pub ca: Option<Vec<u8>>,
+}
+
+impl Access {
+    /// Tells accesses apart without holding their secrets: what was fetched with one is
+    /// cached apart from what was fetched with another, or with none.
+    fn cache_key(&self) -> String {
+        use sha2::Digest;
+        let credentials = self
+            .credentials
+            .as_ref()
+            .map(Credentials::cache_key)
+            .unwrap_or_default();
+        let ca = self
+            .ca
+            .as_ref()
+            .map(|ca| hex::encode(sha2::Sha256::digest(ca)))
+            .unwrap_or_default();
+        format!("{credentials}/{ca}")
+    }
+}
+
 /// `scheme://host[:port]` of a URL: credentials go only to the repository's own origin.
 fn origin(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |at| at + 3);
@@ -182,6 +213,8 @@ pub struct Repositories {
     indexes: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<CachedIndex>>>>>,
     /// Per archive digest: one download at a time.
     downloads: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// HTTP clients that also trust a release's CA, by the CA's digest.
+    with_ca: std::sync::Mutex<HashMap<String, reqwest::Client>>,
     /// Per OCI repository (and credentials): the last tag list and when it was listed.
     tags: std::sync::Mutex<HashMap<String, TagSlot>>,
 }
@@ -203,11 +236,7 @@ impl Repositories {
         std::fs::create_dir_all(&dir)?;
         // One process-wide TLS provider (ring, as kube's), if nothing installed one yet.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("helm-operator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_builder().build()?;
         Ok(Repositories {
             http,
             dir,
@@ -217,6 +246,7 @@ impl Repositories {
             indexes: Default::default(),
             downloads: Default::default(),
             tags: Default::default(),
+            with_ca: Default::default(),
         })
     }
 
@@ -226,14 +256,14 @@ impl Repositories {
     pub async fn chart(
         &self,
         chart: &RepositoryChart,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<FetchedChart, ChartSourceError> {
         match (&chart.repository, &chart.name, &chart.oci) {
             (Some(repository), Some(name), None) => {
-                self.repository_chart(repository, name, &chart.version, credentials)
+                self.repository_chart(repository, name, &chart.version, access)
                     .await
             }
-            (None, None, Some(oci)) => self.oci_chart(oci, &chart.version, credentials).await,
+            (None, None, Some(oci)) => self.oci_chart(oci, &chart.version, access).await,
             _ => Err(ChartSourceError::Repository(RepositoryError::InvalidIndex(
                 "spec.chart sets neither repository and name nor oci".into(),
             ))),
@@ -245,12 +275,12 @@ impl Repositories {
         repository: &str,
         name: &str,
         version: &str,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<FetchedChart, ChartSourceError> {
         if repository.starts_with("http://") && !self.allow_http {
             return Err(ChartSourceError::InsecureUrl(repository.to_owned()));
         }
-        let index = self.index(repository, credentials).await?;
+        let index = self.index(repository, access).await?;
         let entry = repository::resolve(&index, name, version)?;
         let url = repository::archive_url(repository, name, entry)?;
         let key = match &entry.digest {
@@ -262,8 +292,14 @@ impl Repositories {
             )),
         };
         // Credentials go to the repository's origin only, as Helm sends them by default.
-        let to_archive = credentials.filter(|_| origin(&url) == origin(repository));
-        let download = self.get(&url, MAX_ARCHIVE_BYTES, "archive", to_archive);
+        let to_archive = Access {
+            credentials: access
+                .credentials
+                .clone()
+                .filter(|_| origin(&url) == origin(repository)),
+            ca: access.ca.clone(),
+        };
+        let download = self.get(&url, MAX_ARCHIVE_BYTES, "archive", &to_archive);
         self.archive(
             &key,
             &entry.version,
@@ -319,8 +355,9 @@ impl Repositories {
         &self,
         oci: &str,
         version: &str,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<FetchedChart, ChartSourceError> {
+        let credentials = access.credentials.as_ref();
         let (registry, repository) = oci
             .strip_prefix("oci://")
             .and_then(|rest| rest.split_once('/'))
@@ -337,7 +374,7 @@ impl Repositories {
             }
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
-        let client = self.oci_client();
+        let client = self.oci_client(access)?;
         let fail = |what: &str, e: oci_client::errors::OciDistributionError| {
             let message = e.to_string();
             if message.contains("401") || message.contains("403") || message.contains("nauthorized")
@@ -355,7 +392,7 @@ impl Repositories {
             }
         };
         let tags = self
-            .oci_tags(&client, registry, repository, &auth, credentials)
+            .oci_tags(&client, registry, repository, &auth, access)
             .await
             .map_err(|e| fail("tags", e))?;
         // Helm stores `+` of a version as `_` in a tag.
@@ -434,12 +471,9 @@ impl Repositories {
         registry: &str,
         repository: &str,
         auth: &oci_client::secrets::RegistryAuth,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<Arc<Vec<String>>, oci_client::errors::OciDistributionError> {
-        let key = format!(
-            "oci://{registry}/{repository} {}",
-            credentials.map(Credentials::cache_key).unwrap_or_default()
-        );
+        let key = format!("oci://{registry}/{repository} {}", access.cache_key());
         let slot = self
             .tags
             .lock()
@@ -465,29 +499,61 @@ impl Repositories {
         Ok(tags)
     }
 
-    /// An OCI client: plain http only where the operator allows it.
-    fn oci_client(&self) -> oci_client::Client {
+    /// An OCI client: plain http only where the operator allows it; the release's CA trusted.
+    fn oci_client(&self, access: &Access) -> Result<oci_client::Client, ChartSourceError> {
         let protocol = if self.allow_http {
             oci_client::client::ClientProtocol::Http
         } else {
             oci_client::client::ClientProtocol::Https
         };
-        oci_client::Client::new(oci_client::client::ClientConfig {
+        let extra_root_certificates = match &access.ca {
+            Some(ca) => {
+                // Refuse a CA that does not parse here, with the same message as for http.
+                certificates(ca)?;
+                vec![oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: ca.clone(),
+                }]
+            }
+            None => Vec::new(),
+        };
+        Ok(oci_client::Client::new(oci_client::client::ClientConfig {
             protocol,
+            extra_root_certificates,
             ..Default::default()
-        })
+        }))
+    }
+
+    /// The HTTP client for `access`: the shared one, or one that also trusts its CA (kept per
+    /// CA, so that its connections are reused).
+    fn http_client(&self, access: &Access) -> Result<reqwest::Client, ChartSourceError> {
+        let Some(ca) = &access.ca else {
+            return Ok(self.http.clone());
+        };
+        use sha2::Digest;
+        let key = hex::encode(sha2::Sha256::digest(ca));
+        let mut clients = self.with_ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = http_builder()
+            .tls_certs_merge(certificates(ca)?)
+            .build()
+            .map_err(|e| ChartSourceError::InvalidCa(e.to_string()))?;
+        if clients.len() >= 64 {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// The repository's index, fetched unless it was within the interval.
     async fn index(
         &self,
         repository_url: &str,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<Arc<Index>, ChartSourceError> {
-        let key = match credentials {
-            Some(credentials) => format!("{repository_url} {}", credentials.cache_key()),
-            None => repository_url.to_owned(),
-        };
+        let key = format!("{repository_url} {}", access.cache_key());
         let slot = self
             .indexes
             .lock()
@@ -502,9 +568,7 @@ impl Repositories {
             return Ok(cached.index.clone());
         }
         let url = format!("{}/index.yaml", repository_url.trim_end_matches('/'));
-        let bytes = self
-            .get(&url, MAX_INDEX_BYTES, "index", credentials)
-            .await?;
+        let bytes = self.get(&url, MAX_INDEX_BYTES, "index", access).await?;
         let text = String::from_utf8(bytes).map_err(|_| {
             ChartSourceError::Repository(RepositoryError::InvalidIndex("not UTF-8".into()))
         })?;
@@ -520,16 +584,16 @@ impl Repositories {
         Ok(index)
     }
 
-    /// GETs `url` (with `credentials`), refusing a body over `max` bytes without reading more
-    /// than that.
+    /// GETs `url` (with `access`), refusing a body over `max` bytes without reading more than
+    /// that.
     async fn get(
         &self,
         url: &str,
         max: usize,
         kind: &'static str,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<Vec<u8>, ChartSourceError> {
-        let result = self.get_bounded(url, max, credentials).await;
+        let result = self.get_bounded(url, max, access).await;
         self.count(kind, if result.is_ok() { "fetched" } else { "error" });
         result
     }
@@ -538,14 +602,14 @@ impl Repositories {
         &self,
         url: &str,
         max: usize,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<Vec<u8>, ChartSourceError> {
         let fail = |message: String| ChartSourceError::Fetch {
             url: url.to_owned(),
             message,
         };
-        let mut request = self.http.get(url);
-        if let Some(credentials) = credentials {
+        let mut request = self.http_client(access)?.get(url);
+        if let Some(credentials) = &access.credentials {
             request = credentials.apply(request);
         }
         let mut response = request.send().await.map_err(|e| fail(without_url(&e)))?;
@@ -554,7 +618,7 @@ impl Repositories {
             return Err(ChartSourceError::Unauthorized {
                 url: url.to_owned(),
                 status: status.to_string(),
-                had_credentials: credentials.is_some(),
+                had_credentials: access.credentials.is_some(),
             });
         }
         if !status.is_success() {
@@ -640,6 +704,23 @@ impl Repositories {
         if let Some(metrics) = &self.metrics {
             metrics.chart_fetch("repository", kind, result);
         }
+    }
+}
+
+/// The HTTP client's settings, for the shared client and those trusting a CA.
+fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .user_agent(concat!("helm-operator/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The certificates of a PEM bundle.
+fn certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ChartSourceError> {
+    match reqwest::Certificate::from_pem_bundle(pem) {
+        Ok(certificates) if !certificates.is_empty() => Ok(certificates),
+        Ok(_) => Err(ChartSourceError::InvalidCa("no certificate in it".into())),
+        Err(e) => Err(ChartSourceError::InvalidCa(e.to_string())),
     }
 }
 

@@ -66,15 +66,16 @@ pub fn names_config_map(spec: &fhr_types::FluxHelmReleaseSpec, name: &str) -> bo
 }
 
 /// Whether a spec names Secret `name`: in `valuesFrom`, or as its chart repository's
-/// credentials.
+/// credentials or CA.
 pub fn names_secret(spec: &fhr_types::FluxHelmReleaseSpec, name: &str) -> bool {
     spec.values_from
         .iter()
         .filter_map(|source| source.secret_key_ref.as_ref())
         .any(|r| r.name == name)
-        || spec
-            .chart
-            .as_ref()
-            .and_then(|chart| chart.secret_ref.as_ref())
-            .is_some_and(|r| r.name == name)
+        || spec.chart.as_ref().is_some_and(|chart| {
+            [&chart.secret_ref, &chart.ca_secret_ref]
+                .into_iter()
+                .flatten()
+                .any(|r| r.name == name)
+        })
 }

@@ -414,3 +414,43 @@ async fn an_oci_chart_installs_and_follows_its_version_range() {
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list[0]["chart"], "cache-1.2.4", "{list}");
 }
+
+#[tokio::test]
+async fn an_https_repository_signed_by_a_private_ca_needs_its_ca_secret() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    let (repository, ca) = ChartRepository::start_tls().await.unwrap();
+    let mut env = OperatorEnv::new("repo-ca").await;
+    publish(&env, &repository, "1.0.0");
+    // No --chart-allow-insecure-http: this repository is https.
+    env.start_operator(&[]).await;
+    let mut spec = from_repository(&repository, "1.0.0");
+    env.apply("private", spec.clone()).await;
+    let fhr = env
+        .wait_condition("private", "False", "ChartPullFailed")
+        .await;
+    assert!(
+        ready_message(&fhr).contains("certificate"),
+        "an unknown CA is named as the problem: {}",
+        ready_message(&fhr)
+    );
+    assert!(
+        env.helm_history(&format!("{}-private", env.namespace))
+            .is_empty()
+    );
+
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-ca"},
+        "stringData": {"ca.crt": ca}});
+    Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
+        .patch(
+            "repo-ca",
+            &PatchParams::apply(e2e::TEST_MANAGER),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+    spec["chart"]["caSecretRef"] = json!({"name": "repo-ca"});
+    env.apply("private", spec).await;
+    env.wait_for("private", "installed over https with its CA", ready)
+        .await;
+}

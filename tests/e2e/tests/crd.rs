@@ -344,3 +344,40 @@ async fn a_control_plane_stops_and_cleans_up_when_its_test_panics() {
     .await;
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[tokio::test]
+async fn kubectl_explain_documents_charts_from_repositories_and_registries() {
+    let cp = shared_control_plane().await;
+    install_crd(&cp.client().await).await;
+    // The API server publishes a new CRD's OpenAPI shortly after it is established.
+    let text = eventually(
+        "kubectl explain fhr.spec.chart",
+        Duration::from_secs(60),
+        || async {
+            let output = tokio::process::Command::new("kubectl")
+                .args(["explain", "fluxhelmreleases.spec.chart", "--api-version"])
+                .arg(format!("{}/{VERSION}", fhr_types::api::GROUP))
+                .env("KUBECONFIG", cp.kubeconfig())
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && text.contains("oci") {
+                Ok(text)
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
+            }
+        },
+    )
+    .await;
+    for documented in [
+        "A chart from a Helm chart repository or an OCI registry",
+        "repository",
+        "oci://<registry>/<path>/<chart>",
+        "secretRef",
+        "version",
+        "newest",
+    ] {
+        assert!(text.contains(documented), "{documented:?} in\n{text}");
+    }
+}

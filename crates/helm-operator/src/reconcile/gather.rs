@@ -6,7 +6,7 @@
 use super::{Context, Error, short};
 use crate::gitwatch::GitView;
 use crate::identity::forbidden;
-use crate::repositories::{Credentials, FetchedChart};
+use crate::repositories::{Access, Credentials, FetchedChart};
 use crate::{drift, storage, values_from};
 use fhr_git::{ObjectId, Snapshot};
 use fhr_release::desired::{self, ChartSource, Desired, SpecError};
@@ -161,12 +161,11 @@ pub async fn gather<H: Helm>(
             GatheredChart::Git { snapshot, tree }
         }
         ChartSource::Repository(source) => {
-            let credentials =
-                match repository_credentials(&client, &namespace, account, source).await {
-                    Ok(credentials) => credentials,
-                    Err(blocked) => return Ok(Gather::Blocked(blocked)),
-                };
-            match ctx.repositories.chart(source, credentials.as_ref()).await {
+            let access = match repository_access(&client, &namespace, account, source).await {
+                Ok(access) => access,
+                Err(blocked) => return Ok(Gather::Blocked(blocked)),
+            };
+            match ctx.repositories.chart(source, &access).await {
                 Ok(fetched) => GatheredChart::Repository(fetched),
                 Err(e) => {
                     return Ok(Gather::Blocked(Blocked::ChartPullFailed {
@@ -367,36 +366,63 @@ pub fn claims(
     claims
 }
 
-/// The credentials `spec.chart.secretRef` names, read as whoever acts for the release (a tenant
-/// cannot use a Secret its account may not read).
-async fn repository_credentials(
+/// What `spec.chart.secretRef` and `caSecretRef` name, read as whoever acts for the release (a
+/// tenant cannot use a Secret its account may not read).
+async fn repository_access(
     client: &kube::Client,
     namespace: &str,
     account: Option<&str>,
     source: &fhr_types::RepositoryChart,
-) -> Result<Option<Credentials>, Blocked> {
-    let Some(reference) = &source.secret_ref else {
-        return Ok(None);
-    };
-    let what = format!(
-        "Secret {namespace}/{} (spec.chart.secretRef)",
-        reference.name
-    );
+) -> Result<Access, Blocked> {
+    let mut access = Access::default();
+    if let Some(reference) = &source.secret_ref {
+        let what = format!(
+            "Secret {namespace}/{} (spec.chart.secretRef)",
+            reference.name
+        );
+        let data = secret_data(client, namespace, account, &reference.name, &what).await?;
+        access.credentials =
+            Some(
+                Credentials::from_secret_data(&data).ok_or_else(|| Blocked::ChartPullFailed {
+                    message: format!("{what} holds neither username and password nor token"),
+                    transient: false,
+                })?,
+            );
+    }
+    if let Some(reference) = &source.ca_secret_ref {
+        let what = format!(
+            "Secret {namespace}/{} (spec.chart.caSecretRef)",
+            reference.name
+        );
+        let mut data = secret_data(client, namespace, account, &reference.name, &what).await?;
+        access.ca = Some(
+            data.remove("ca.crt")
+                .ok_or_else(|| Blocked::ChartPullFailed {
+                    message: format!("{what} has no ca.crt"),
+                    transient: false,
+                })?
+                .0,
+        );
+    }
+    Ok(access)
+}
+
+/// The data of Secret `name`, read as whoever acts for the release.
+async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    account: Option<&str>,
+    name: &str,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, k8s_openapi::ByteString>, Blocked> {
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), namespace);
-    let pull_failed = |message: String| Blocked::ChartPullFailed {
-        message,
-        transient: false,
-    };
-    match secrets.get_opt(&reference.name).await {
-        Ok(Some(secret)) => Credentials::from_secret_data(&secret.data.unwrap_or_default())
-            .map(Some)
-            .ok_or_else(|| {
-                pull_failed(format!(
-                    "{what} holds neither username and password nor token"
-                ))
-            }),
-        Ok(None) => Err(pull_failed(format!("{what} does not exist"))),
+    match secrets.get_opt(name).await {
+        Ok(Some(secret)) => Ok(secret.data.unwrap_or_default()),
+        Ok(None) => Err(Blocked::ChartPullFailed {
+            message: format!("{what} does not exist"),
+            transient: false,
+        }),
         Err(e) => match forbidden(&e) {
             Some(message) => Err(Blocked::Forbidden(format!(
                 "{} may not read {what}: {message}",
