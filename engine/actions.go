@@ -17,8 +17,10 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"helm.sh/helm/v4/pkg/action"
+	helmengine "helm.sh/helm/v4/pkg/engine"
 	"helm.sh/helm/v4/pkg/kube"
 	ri "helm.sh/helm/v4/pkg/release"
 	"helm.sh/helm/v4/pkg/release/common"
@@ -41,15 +43,16 @@ type engine struct {
 
 // configuration is Helm's per-action state for one namespace, built on the shared cluster.
 // Helm logs its errors, which quote values: its log goes through a handler that redacts the
-// request's secret values.
-func (e *engine) configuration(ref ReleaseRef, secrets ...string) (*action.Configuration, error) {
+// request's secrets (nil: an action that renders no template), to which lookup adds the values of
+// every Secret it returns.
+func (e *engine) configuration(ref ReleaseRef, secrets *secretSet) (*action.Configuration, error) {
 	namespace := ref.Namespace
 	id, err := e.cluster.as(ref.Namespace, ref.ServiceAccount)
 	if err != nil {
 		return nil, err
 	}
 	logger := e.logger
-	if len(secrets) > 0 {
+	if secrets != nil {
 		logger = redactingHandler{inner: e.logger, secrets: secrets}
 	}
 	cfg := action.NewConfiguration(action.ConfigurationSetLogger(logger))
@@ -61,8 +64,20 @@ func (e *engine) configuration(ref ReleaseRef, secrets ...string) (*action.Confi
 		return nil, err
 	}
 	cfg.Capabilities = caps
-	if !e.allowLookup {
+	switch {
+	case !e.allowLookup:
 		cfg.CustomTemplateFuncs = template.FuncMap{"lookup": noLookup}
+	case secrets != nil:
+		// Helm's own lookup, as the release's identity, remembering what it read of Secrets: a
+		// template can pass such a value to `fail`, and no message may carry it out.
+		lookup := helmengine.NewLookupFunction(rest.CopyConfig(id.config))
+		cfg.CustomTemplateFuncs = template.FuncMap{
+			"lookup": func(apiVersion, kind, namespace, name string) (map[string]any, error) {
+				object, err := lookup(apiVersion, kind, namespace, name)
+				secrets.add(lookedUpSecrets(object)...)
+				return object, err
+			},
+		}
 	}
 	return cfg, nil
 }
@@ -82,15 +97,16 @@ func waitStrategy(wait bool) kube.WaitStrategy {
 // upgrade is `helm upgrade --install --reset-values`: install when the release has no history.
 // Template errors quote values, so every message leaves with the Secrets' values replaced.
 func (e *engine) upgrade(ctx context.Context, r *UpgradeRequest) Reply {
-	reply := e.upgradeOnce(ctx, r)
+	secrets := newSecretSet(r.Redact)
+	reply := e.upgradeOnce(ctx, r, secrets)
 	if reply.Error != nil {
-		reply.Error.Message = redact(reply.Error.Message, r.Redact)
+		reply.Error.Message = secrets.redact(reply.Error.Message)
 	}
 	return reply
 }
 
-func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
-	cfg, err := e.configuration(r.ReleaseRef, r.Redact...)
+func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest, secrets *secretSet) Reply {
+	cfg, err := e.configuration(r.ReleaseRef, secrets)
 	if err != nil {
 		return failure(err)
 	}
@@ -140,7 +156,7 @@ func (e *engine) upgradeOnce(ctx context.Context, r *UpgradeRequest) Reply {
 }
 
 func (e *engine) rollback(r *RollbackRequest) Reply {
-	cfg, err := e.configuration(r.ReleaseRef)
+	cfg, err := e.configuration(r.ReleaseRef, nil)
 	if err != nil {
 		return failure(err)
 	}
@@ -163,7 +179,7 @@ func (e *engine) rollback(r *RollbackRequest) Reply {
 }
 
 func (e *engine) uninstall(r *UninstallRequest) Reply {
-	cfg, err := e.configuration(r.ReleaseRef)
+	cfg, err := e.configuration(r.ReleaseRef, nil)
 	if err != nil {
 		return failure(err)
 	}
@@ -179,7 +195,7 @@ func (e *engine) uninstall(r *UninstallRequest) Reply {
 }
 
 func (e *engine) history(r *ReleaseRef) Reply {
-	cfg, err := e.configuration(*r)
+	cfg, err := e.configuration(*r, nil)
 	if err != nil {
 		return failure(err)
 	}
@@ -200,7 +216,7 @@ func (e *engine) history(r *ReleaseRef) Reply {
 }
 
 func (e *engine) status(r *ReleaseRef) Reply {
-	cfg, err := e.configuration(*r)
+	cfg, err := e.configuration(*r, nil)
 	if err != nil {
 		return failure(err)
 	}

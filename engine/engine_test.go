@@ -12,7 +12,7 @@ import (
 
 func TestHelmsLogLosesSecretValues(t *testing.T) {
 	var out bytes.Buffer
-	handler := redactingHandler{inner: slog.NewJSONHandler(&out, nil), secrets: []string{"hunter22", "31337"}}
+	handler := redactingHandler{inner: slog.NewJSONHandler(&out, nil), secrets: newSecretSet([]string{"hunter22", "31337"})}
 	logger := slog.New(handler).With("release", "web-hunter22")
 	logger.Warn("upgrade failed for hunter22", "error", errors.New(`port "31337": expected numeric`), "port", 31337,
 		slog.Group("object", "name", "hunter22"))
@@ -67,4 +67,24 @@ func writeFile(dir, name, body string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(body), 0o644)
+}
+
+func TestLookedUpSecretsAreRedactedEncodedAndDecoded(t *testing.T) {
+	secret := map[string]any{
+		"kind": "Secret",
+		"data": map[string]any{"token": "Y2FuYXJ5LXZhbHVl", "flag": "b24="},
+	}
+	list := map[string]any{"kind": "SecretList", "items": []any{secret}}
+	secrets := newSecretSet(nil)
+	secrets.add(lookedUpSecrets(list)...)
+	message := secrets.redact(`fail: read canary-value (Y2FuYXJ5LXZhbHVl), flag on`)
+	if strings.Contains(message, "canary-value") || strings.Contains(message, "Y2FuYXJ5LXZhbHVl") {
+		t.Fatalf("a looked-up value survived: %s", message)
+	}
+	if !strings.Contains(message, "flag on") {
+		t.Fatalf("values shorter than %d characters are left alone: %s", minLookedUpSecret, message)
+	}
+	if got := lookedUpSecrets(map[string]any{"kind": "ConfigMap", "data": map[string]any{"a": "Y2FuYXJ5LXZhbHVl"}}); len(got) != 0 {
+		t.Fatalf("only Secrets count: %v", got)
+	}
 }

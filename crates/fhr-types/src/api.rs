@@ -380,10 +380,20 @@ mod tests {
     }
 
     #[test]
-    fn schema_requires_chart_git_path_and_constrains_release_name() {
+    fn schema_requires_one_chart_source_and_constrains_release_name() {
         let crd = serde_json::to_value(crd()).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], json!(["chartGitPath"]));
+        assert!(spec.get("required").is_none(), "{}", spec["required"]);
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            json!("has(self.chartGitPath) != has(self.chart)")
+        );
+        let chart = &spec["properties"]["chart"];
+        assert_eq!(chart["required"], json!(["version"]));
+        assert_eq!(
+            chart["x-kubernetes-validations"][0]["rule"],
+            json!("has(self.repository) != has(self.oci)")
+        );
         assert_eq!(spec["properties"]["releaseName"]["maxLength"], json!(53));
         assert!(spec["properties"]["releaseName"]["pattern"].is_string());
         assert_eq!(

@@ -196,31 +196,63 @@ pub struct FetchedChart {
     pub dir: PathBuf,
 }
 
-struct CachedIndex {
-    fetched: Instant,
-    index: Arc<Index>,
+/// Values fetched at most once per interval per key, shared: concurrent callers for one key wait
+/// for a single fetch and all use its result (an error is not kept: the next caller tries again).
+struct PerInterval<T> {
+    interval: Duration,
+    slots: std::sync::Mutex<HashMap<String, Slot<T>>>,
+}
+
+/// One key's last value and when it was fetched; its lock serialises the fetches.
+type Slot<T> = Arc<Mutex<Option<(Instant, Arc<T>)>>>;
+
+impl<T> PerInterval<T> {
+    fn new(interval: Duration) -> Self {
+        PerInterval {
+            interval,
+            slots: Default::default(),
+        }
+    }
+
+    async fn get<E>(
+        &self,
+        key: String,
+        fetch: impl Future<Output = Result<T, E>>,
+    ) -> Result<Arc<T>, E> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some((fetched, value)) = slot.as_ref()
+            && fetched.elapsed() < self.interval
+        {
+            return Ok(value.clone());
+        }
+        let value = Arc::new(fetch.await?);
+        *slot = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
 }
 
 /// The repositories' indexes and the chart cache, shared by all reconciles.
 pub struct Repositories {
     http: reqwest::Client,
     dir: PathBuf,
-    interval: Duration,
     allow_http: bool,
     metrics: Option<Arc<Metrics>>,
-    /// Per repository URL: the lock serialises fetches (concurrent reconciles wait for one
-    /// fetch and share it), the value is the last index.
-    indexes: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<CachedIndex>>>>>,
+    /// Each repository's index (per access), fetched at most once per interval and shared.
+    indexes: PerInterval<Index>,
     /// Per archive digest: one download at a time.
     downloads: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// HTTP clients that also trust a release's CA, by the CA's digest.
     with_ca: std::sync::Mutex<HashMap<String, reqwest::Client>>,
     /// Per OCI repository (and credentials): the last tag list and when it was listed.
-    tags: std::sync::Mutex<HashMap<String, TagSlot>>,
+    tags: PerInterval<Vec<String>>,
 }
-
-/// One OCI repository's tags, listed at most once per interval.
-type TagSlot = Arc<Mutex<Option<(Instant, Arc<Vec<String>>)>>>;
 
 /// The media type of the layer holding a chart archive in an OCI image (`helm push`).
 const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
@@ -240,12 +272,11 @@ impl Repositories {
         Ok(Repositories {
             http,
             dir,
-            interval,
             allow_http,
             metrics,
-            indexes: Default::default(),
+            indexes: PerInterval::new(interval),
             downloads: Default::default(),
-            tags: Default::default(),
+            tags: PerInterval::new(interval),
             with_ca: Default::default(),
         })
     }
@@ -474,29 +505,18 @@ impl Repositories {
         access: &Access,
     ) -> Result<Arc<Vec<String>>, oci_client::errors::OciDistributionError> {
         let key = format!("oci://{registry}/{repository} {}", access.cache_key());
-        let slot = self
-            .tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some((fetched, tags)) = slot.as_ref()
-            && fetched.elapsed() < self.interval
-        {
-            return Ok(tags.clone());
-        }
-        let reference = oci_client::Reference::with_tag(
-            registry.to_owned(),
-            repository.to_owned(),
-            "latest".to_owned(),
-        );
-        let result = client.list_tags(&reference, auth, None, None).await;
-        self.count("index", if result.is_ok() { "fetched" } else { "error" });
-        let tags = Arc::new(result?.tags);
-        *slot = Some((Instant::now(), tags.clone()));
-        Ok(tags)
+        self.tags
+            .get(key, async {
+                let reference = oci_client::Reference::with_tag(
+                    registry.to_owned(),
+                    repository.to_owned(),
+                    "latest".to_owned(),
+                );
+                let result = client.list_tags(&reference, auth, None, None).await;
+                self.count("index", if result.is_ok() { "fetched" } else { "error" });
+                result.map(|response| response.tags)
+            })
+            .await
     }
 
     /// An OCI client: plain http only where the operator allows it; the release's CA trusted.
@@ -554,34 +574,19 @@ impl Repositories {
         access: &Access,
     ) -> Result<Arc<Index>, ChartSourceError> {
         let key = format!("{repository_url} {}", access.cache_key());
-        let slot = self
-            .indexes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some(cached) = slot.as_ref()
-            && cached.fetched.elapsed() < self.interval
-        {
-            return Ok(cached.index.clone());
-        }
-        let url = format!("{}/index.yaml", repository_url.trim_end_matches('/'));
-        let bytes = self.get(&url, MAX_INDEX_BYTES, "index", access).await?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            ChartSourceError::Repository(RepositoryError::InvalidIndex("not UTF-8".into()))
-        })?;
-        let index = Arc::new(
-            tokio::task::spawn_blocking(move || repository::parse_index(&text))
-                .await
-                .map_err(|e| ChartSourceError::Cache(e.to_string()))??,
-        );
-        *slot = Some(CachedIndex {
-            fetched: Instant::now(),
-            index: index.clone(),
-        });
-        Ok(index)
+        self.indexes
+            .get(key, async {
+                let url = format!("{}/index.yaml", repository_url.trim_end_matches('/'));
+                let bytes = self.get(&url, MAX_INDEX_BYTES, "index", access).await?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    ChartSourceError::Repository(RepositoryError::InvalidIndex("not UTF-8".into()))
+                })?;
+                tokio::task::spawn_blocking(move || repository::parse_index(&text))
+                    .await
+                    .map_err(|e| ChartSourceError::Cache(e.to_string()))?
+                    .map_err(ChartSourceError::from)
+            })
+            .await
     }
 
     /// GETs `url` (with `access`), refusing a body over `max` bytes without reading more than

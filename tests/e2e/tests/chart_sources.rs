@@ -57,6 +57,14 @@ fn push(env: &OperatorEnv, registry: &OciRegistry, version: &str) {
     );
 }
 
+/// The operator's flags for the range tests: plain http on loopback, and intervals short enough
+/// that a newly published version is found within seconds.
+const FOLLOW_QUICKLY: [&str; 3] = [
+    "--chart-allow-insecure-http",
+    "--chart-repository-interval=1s",
+    "--charts-sync-interval=2s",
+];
+
 fn from_repository(repository: &ChartRepository, version: &str) -> serde_json::Value {
     json!({"chart": {"repository": repository.url(), "name": "cache", "version": version}})
 }
@@ -73,12 +81,7 @@ async fn a_repository_chart_installs_and_follows_its_version_range() {
     let repository = ChartRepository::start().await.unwrap();
     let mut env = OperatorEnv::new("repo-range").await;
     publish(&env, &repository, "1.2.0");
-    env.start_operator(&[
-        "--chart-allow-insecure-http",
-        "--chart-repository-interval=1s",
-        "--charts-sync-interval=2s",
-    ])
-    .await;
+    env.start_operator(&FOLLOW_QUICKLY).await;
     env.apply("cache", from_repository(&repository, "~1.2.0"))
         .await;
     let fhr = env
@@ -371,12 +374,7 @@ async fn an_oci_chart_installs_and_follows_its_version_range() {
     let registry = OciRegistry::start().await.unwrap();
     let mut env = OperatorEnv::new("oci-range").await;
     push(&env, &registry, "1.2.0");
-    env.start_operator(&[
-        "--chart-allow-insecure-http",
-        "--chart-repository-interval=1s",
-        "--charts-sync-interval=2s",
-    ])
-    .await;
+    env.start_operator(&FOLLOW_QUICKLY).await;
     let oci = format!("oci://{}/charts/cache", registry.host());
     env.apply("cache", json!({"chart": {"oci": oci, "version": "~1.2.0"}}))
         .await;

@@ -235,7 +235,7 @@ fn add_peeking_chart(env: &e2e::operator::OperatorEnv, victim: &str) {
             "charts/peek/templates/cm.yaml",
             format!(
                 "{{{{- $found := lookup \"v1\" \"Secret\" \"{victim}\" \"canary\" }}}}\n\
-                 {{{{- if $found }}}}{{{{ fail \"the chart read a Secret of another namespace\" }}}}{{{{ end }}}}\n\
+                 {{{{- if $found }}}}{{{{ fail (printf \"the chart read %s from another namespace\" (index $found.data \"token\" | b64dec)) }}}}{{{{ end }}}}\n\
                  apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{ .Release.Name }}}}\ndata:\n  ok: \"yes\"\n"
             ),
         )
@@ -269,7 +269,24 @@ async fn without_lookup_a_chart_reads_nothing_of_the_cluster() {
     open.start_operator(&[]).await;
     open.apply("peek", spec.clone()).await;
     let fhr = open.wait_condition("peek", "False", "InstallFailed").await;
-    assert!(ready_message(&fhr).contains("read a Secret of another namespace"));
+    // The value it read and passed to `fail` is in no status, Event or log line.
+    assert!(
+        ready_message(&fhr).contains("the chart read *** from another namespace"),
+        "{}",
+        ready_message(&fhr)
+    );
+    let status = serde_json::to_string(&fhr.status).unwrap();
+    let events = format!("{:?}", open.events().await);
+    for (place, text) in [
+        ("status", status),
+        ("Events", events),
+        ("log", open.operator().log()),
+    ] {
+        assert!(
+            !text.contains("tenant-canary-value"),
+            "the canary reached the {place}"
+        );
+    }
 
     // With --allow-lookup=false the same chart finds nothing and installs.
     let mut closed = OperatorEnv::new("lookup-off").await;
@@ -332,7 +349,9 @@ fn add_escalating_chart(env: &e2e::operator::OperatorEnv) {
              {{- if .Values.escalate }}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
              metadata:\n  name: {{ .Release.Name }}-{{ .Release.Namespace }}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  \
              kind: ClusterRole\n  name: cluster-admin\nsubjects:\n  - kind: ServiceAccount\n    name: deployer\n    \
-             namespace: {{ .Release.Namespace }}\n{{- end }}\n",
+             namespace: {{ .Release.Namespace }}\n{{- end }}\n\
+             {{- with .Values.elsewhere }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: planted\n  \
+             namespace: {{ . }}\ndata:\n  ok: \"no\"\n{{- end }}\n",
         )
         .unwrap();
     env.repo.commit("a chart that may escalate").unwrap();
@@ -417,6 +436,33 @@ async fn a_release_acts_as_its_service_account_and_cannot_escalate() {
     assert!(bindings.get_opt(&name).await.unwrap().is_none());
     // The tenant's other release carries on.
     env.wait_for("ok", "still ready", ready).await;
+
+    // An object in another namespace is refused the same way, and nothing is planted there.
+    let other = e2e::unique_name("other");
+    fhr_testenv::create_namespace(&env.client, &other)
+        .await
+        .unwrap();
+    env.apply(
+        "plant",
+        serde_json::json!({"chartGitPath": "escalate", "serviceAccountName": "deployer",
+            "values": [{"name": "elsewhere", "value": other}]}),
+    )
+    .await;
+    let fhr = env.wait_condition("plant", "False", "InstallFailed").await;
+    let message = ready_message(&fhr);
+    assert!(
+        message.contains(&user) && message.contains("configmaps") && message.contains(&other),
+        "names the account, the resource and the namespace: {message}"
+    );
+    let planted: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &other);
+    assert!(planted.get_opt("planted").await.unwrap().is_none());
+    assert!(
+        env.helm_history(&format!("{}-plant", env.namespace))
+            .iter()
+            .all(|(_, status)| !status.starts_with("pending")),
+        "no release left pending"
+    );
 
     // Deleting the resource uninstalls as the tenant.
     env.delete("ok").await;
