@@ -65,6 +65,24 @@ const FOLLOW_QUICKLY: [&str; 3] = [
     "--charts-sync-interval=2s",
 ];
 
+/// Applies `spec` as `name`, waits for ChartPullFailed and checks that its message says
+/// `expected`; the message.
+async fn pull_fails(
+    env: &OperatorEnv,
+    name: &str,
+    spec: serde_json::Value,
+    expected: &str,
+) -> String {
+    env.apply(name, spec).await;
+    let fhr = env.wait_condition(name, "False", "ChartPullFailed").await;
+    let message = ready_message(&fhr);
+    assert!(
+        message.contains(expected),
+        "{expected:?} not in {message:?}"
+    );
+    message
+}
+
 fn from_repository(repository: &ChartRepository, version: &str) -> serde_json::Value {
     json!({"chart": {"repository": repository.url(), "name": "cache", "version": version}})
 }
@@ -150,17 +168,9 @@ async fn a_repository_chart_installs_and_follows_its_version_range() {
     assert_eq!(deployed_version(&env, &release).await, "1.2.4");
 
     // A range nothing matches says what the repository has, and touches nothing.
-    env.apply("cache", from_repository(&repository, "~3.0"))
-        .await;
-    let fhr = env
-        .wait_condition("cache", "False", "ChartPullFailed")
-        .await;
-    assert!(
-        ready_message(&fhr)
-            .contains("no version of chart \"cache\" matches \"~3.0\"; the newest is 2.0.0"),
-        "{}",
-        ready_message(&fhr)
-    );
+    let spec = from_repository(&repository, "~3.0");
+    let expected = "no version of chart \"cache\" matches \"~3.0\"; the newest is 2.0.0";
+    pull_fails(&env, "cache", spec, expected).await;
     assert_eq!(env.helm_history(&release).len(), 2);
 }
 
@@ -194,16 +204,8 @@ async fn unsafe_or_oversized_repositories_are_refused_with_a_condition() {
 
     // Plain http without the operator's consent.
     env.start_operator(&[]).await;
-    env.apply("plain", from_repository(&repository, "1.0.0"))
-        .await;
-    let fhr = env
-        .wait_condition("plain", "False", "ChartPullFailed")
-        .await;
-    assert!(
-        ready_message(&fhr).contains("--chart-allow-insecure-http"),
-        "{}",
-        ready_message(&fhr)
-    );
+    let spec = from_repository(&repository, "1.0.0");
+    pull_fails(&env, "plain", spec, "--chart-allow-insecure-http").await;
     assert_eq!(repository.requests("index.yaml"), 0, "nothing was fetched");
 
     // A decompression bomb: a small archive whose template expands to 64 MiB.
@@ -239,20 +241,8 @@ async fn unsafe_or_oversized_repositories_are_refused_with_a_condition() {
     env_open
         .start_operator(&["--chart-allow-insecure-http"])
         .await;
-    env_open
-        .apply(
-            "bomb",
-            json!({"chart": {"repository": repository.url(), "name": "bomb", "version": "*"}}),
-        )
-        .await;
-    let fhr = env_open
-        .wait_condition("bomb", "False", "ChartPullFailed")
-        .await;
-    assert!(
-        ready_message(&fhr).contains("expands to more than"),
-        "{}",
-        ready_message(&fhr)
-    );
+    let spec = json!({"chart": {"repository": repository.url(), "name": "bomb", "version": "*"}});
+    pull_fails(&env_open, "bomb", spec, "expands to more than").await;
     assert!(
         env_open
             .helm_history(&format!("{}-bomb", env_open.namespace))
@@ -266,20 +256,8 @@ async fn unsafe_or_oversized_repositories_are_refused_with_a_condition() {
         padding.push_str(&format!("# {}\n", "x".repeat(1000)));
     }
     std::fs::write(huge.dir().join("index.yaml"), padding).unwrap();
-    env_open
-        .apply(
-            "huge",
-            json!({"chart": {"repository": huge.url(), "name": "cache", "version": "*"}}),
-        )
-        .await;
-    let fhr = env_open
-        .wait_condition("huge", "False", "ChartPullFailed")
-        .await;
-    assert!(
-        ready_message(&fhr).contains("larger than 64 MiB"),
-        "{}",
-        ready_message(&fhr)
-    );
+    let spec = json!({"chart": {"repository": huge.url(), "name": "cache", "version": "*"}});
+    pull_fails(&env_open, "huge", spec, "larger than 64 MiB").await;
     let rss = env_open.operator().peak_rss_mib();
     assert!(rss < 300.0, "the operator's peak RSS reached {rss} MiB");
 }
@@ -302,14 +280,14 @@ async fn repository_credentials_are_used_and_never_shown() {
 
     // No credentials: the condition says what to do.
     let mut spec = from_repository(&repository, "1.0.0");
-    env.apply("auth", spec.clone()).await;
-    let fhr = env.wait_condition("auth", "False", "ChartPullFailed").await;
-    assert!(
-        ready_message(&fhr).contains("401")
-            && ready_message(&fhr).contains("name a Secret in spec.chart.secretRef"),
-        "{}",
-        ready_message(&fhr)
-    );
+    let message = pull_fails(
+        &env,
+        "auth",
+        spec.clone(),
+        "name a Secret in spec.chart.secretRef",
+    )
+    .await;
+    assert!(message.contains("401"), "{message}");
 
     // Wrong credentials: the condition says which, and repeats no secret.
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
@@ -423,15 +401,8 @@ async fn an_https_repository_signed_by_a_private_ca_needs_its_ca_secret() {
     // No --chart-allow-insecure-http: this repository is https.
     env.start_operator(&[]).await;
     let mut spec = from_repository(&repository, "1.0.0");
-    env.apply("private", spec.clone()).await;
-    let fhr = env
-        .wait_condition("private", "False", "ChartPullFailed")
-        .await;
-    assert!(
-        ready_message(&fhr).contains("certificate"),
-        "an unknown CA is named as the problem: {}",
-        ready_message(&fhr)
-    );
+    // An unknown CA is named as the problem.
+    pull_fails(&env, "private", spec.clone(), "certificate").await;
     assert!(
         env.helm_history(&format!("{}-private", env.namespace))
             .is_empty()

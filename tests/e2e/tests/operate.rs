@@ -279,25 +279,18 @@ async fn kubectl_fhr_follows_reconciles_suspends_and_reads_history_and_events() 
     operator
         .wait_metric("fhr_operator_reconciles_total", before + 1.0)
         .await;
-    let data = config_maps
-        .get(&name)
-        .await
-        .unwrap()
-        .data
-        .unwrap_or_default();
-    assert_eq!(data["message"], "edited by hand");
+    let message = || async {
+        let data = config_maps.get(&name).await.unwrap().data;
+        data.unwrap_or_default()["message"].clone()
+    };
+    assert_eq!(message().await, "edited by hand");
     let ran = kubectl_fhr(&env, &["resume", "web"]).await;
     assert!(ran.success, "{}", ran.stderr);
     let ran = kubectl_fhr(&env, &["reconcile", "web"]).await;
     assert!(ran.success, "{}{}", ran.stdout, ran.stderr);
-    let data = config_maps
-        .get(&name)
-        .await
-        .unwrap()
-        .data
-        .unwrap_or_default();
     assert_eq!(
-        data["message"], "from the CLI",
+        message().await,
+        "from the CLI",
         "resumed, the drift check restored the object"
     );
 
