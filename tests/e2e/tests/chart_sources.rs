@@ -87,6 +87,19 @@ fn from_repository(repository: &ChartRepository, version: &str) -> serde_json::V
     json!({"chart": {"repository": repository.url(), "name": "cache", "version": version}})
 }
 
+/// The chart `helm list` shows for the test namespace's one release.
+fn listed_chart(env: &OperatorEnv) -> String {
+    let list = e2e::output_ok(env.cp.helm().args([
+        "list",
+        "--namespace",
+        &env.namespace,
+        "--output",
+        "json",
+    ]));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    list[0]["chart"].as_str().unwrap_or_default().to_owned()
+}
+
 async fn deployed_version(env: &OperatorEnv, release: &str) -> String {
     let config_maps: kube::Api<ConfigMap> =
         kube::Api::namespaced(env.client.clone(), &env.namespace);
@@ -122,15 +135,7 @@ async fn a_repository_chart_installs_and_follows_its_version_range() {
         "{}",
         fetched.message
     );
-    let list = e2e::output_ok(env.cp.helm().args([
-        "list",
-        "--namespace",
-        &env.namespace,
-        "--output",
-        "json",
-    ]));
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(list[0]["chart"], "cache-1.2.0", "{list}");
+    assert_eq!(listed_chart(&env), "cache-1.2.0");
 
     // A newer version inside the range upgrades; one outside does not.
     publish(&env, &repository, "1.2.4");
@@ -380,15 +385,7 @@ async fn an_oci_chart_installs_and_follows_its_version_range() {
         2,
         "2.0.0 is outside ~1.2.0"
     );
-    let list = e2e::output_ok(env.cp.helm().args([
-        "list",
-        "--namespace",
-        &env.namespace,
-        "--output",
-        "json",
-    ]));
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(list[0]["chart"], "cache-1.2.4", "{list}");
+    assert_eq!(listed_chart(&env), "cache-1.2.4");
 }
 
 #[tokio::test]
