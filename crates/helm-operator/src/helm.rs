@@ -298,7 +298,7 @@ fn impersonation(namespace: &str, service_account: Option<&str>) -> Vec<String> 
         .map(|account| {
             vec![
                 "--kube-as-user".to_owned(),
-                format!("system:serviceaccount:{namespace}:{account}"),
+                crate::identity::user(namespace, account),
             ]
         })
         .unwrap_or_default()

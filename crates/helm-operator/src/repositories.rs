@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
+/// How many HTTP or OCI clients with their own CA or credentials are kept; past this many the
+/// cache starts again rather than grow without bound.
+const MAX_CLIENTS: usize = 256;
+
 /// How many unpacked charts stay on disk.
 const MAX_CACHED_CHARTS: usize = 256;
 
@@ -250,6 +254,10 @@ pub struct Repositories {
     downloads: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// HTTP clients that also trust a release's CA, by the CA's digest.
     with_ca: std::sync::Mutex<HashMap<String, reqwest::Client>>,
+    /// OCI clients, by access.
+    oci_clients: std::sync::Mutex<HashMap<String, oci_client::Client>>,
+    /// The chart layer of each OCI reference (and access), read at most once per interval.
+    manifests: PerInterval<oci_client::manifest::OciDescriptor>,
     /// Per OCI repository (and credentials): the last tag list and when it was listed.
     tags: PerInterval<Vec<String>>,
 }
@@ -278,6 +286,8 @@ impl Repositories {
             downloads: Default::default(),
             tags: PerInterval::new(interval),
             with_ca: Default::default(),
+            oci_clients: Default::default(),
+            manifests: PerInterval::new(interval),
         })
     }
 
@@ -318,9 +328,7 @@ impl Repositories {
             Some(digest) => digest.to_ascii_lowercase(),
             // No digest in the index: the URL names the cache entry, and the download is
             // verified against nothing but what it is.
-            None => hex::encode(sha2::Digest::finalize(
-                <sha2::Sha256 as sha2::Digest>::new_with_prefix(url.as_bytes()),
-            )),
+            None => hex::encode(<sha2::Sha256 as sha2::Digest>::digest(url.as_bytes())),
         };
         // Credentials go to the repository's origin only, as Helm sends them by default.
         let to_archive = Access {
@@ -407,18 +415,22 @@ impl Repositories {
         };
         let client = self.oci_client(access)?;
         let fail = |what: &str, e: oci_client::errors::OciDistributionError| {
-            let message = e.to_string();
-            if message.contains("401") || message.contains("403") || message.contains("nauthorized")
-            {
+            use oci_client::errors::OciDistributionError as E;
+            let refused = match &e {
+                E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => true,
+                E::ServerError { code, .. } => matches!(code, 401 | 403),
+                _ => false,
+            };
+            if refused {
                 ChartSourceError::Unauthorized {
                     url: format!("{oci} ({what})"),
-                    status: message,
+                    status: e.to_string(),
                     had_credentials: credentials.is_some(),
                 }
             } else {
                 ChartSourceError::Fetch {
                     url: format!("{oci} ({what})"),
-                    message,
+                    message: e.to_string(),
                 }
             }
         };
@@ -432,21 +444,28 @@ impl Repositories {
         let tag = chosen.replace('+', "_");
         let reference =
             oci_client::Reference::with_tag(registry.to_owned(), repository.to_owned(), tag);
-        let (manifest, _) = client
-            .pull_image_manifest(&reference, &auth)
-            .await
-            .map_err(|e| fail("manifest", e))?;
-        let layer = manifest
-            .layers
-            .iter()
-            .find(|l| l.media_type == HELM_CHART_LAYER)
-            .ok_or_else(|| ChartSourceError::Refused {
-                url: format!("{oci}:{chosen}"),
-                reason: format!(
-                    "the image has no {HELM_CHART_LAYER} layer: it is not a Helm chart"
-                ),
-            })?
-            .clone();
+        // A tag's manifest is read once per interval too: a chart already on disk costs no
+        // request per reconcile.
+        let key = format!("{reference} {}", access.cache_key());
+        let layer = self
+            .manifests
+            .get(key, async {
+                let (manifest, _) = client
+                    .pull_image_manifest(&reference, &auth)
+                    .await
+                    .map_err(|e| fail("manifest", e))?;
+                manifest
+                    .layers
+                    .into_iter()
+                    .find(|l| l.media_type == HELM_CHART_LAYER)
+                    .ok_or_else(|| ChartSourceError::Refused {
+                        url: format!("{oci}:{chosen}"),
+                        reason: format!(
+                            "the image has no {HELM_CHART_LAYER} layer: it is not a Helm chart"
+                        ),
+                    })
+            })
+            .await?;
         if layer.size < 0 || layer.size as u64 > MAX_ARCHIVE_BYTES as u64 {
             return Err(ChartSourceError::Fetch {
                 url: format!("{oci}:{chosen}"),
@@ -468,7 +487,7 @@ impl Repositories {
         let download = async {
             let result = async {
                 let mut blob = client
-                    .pull_blob_stream(&reference, &layer)
+                    .pull_blob_stream(&reference, &*layer)
                     .await
                     .map_err(|e| fail("chart layer", e))?;
                 let mut body = Vec::new();
@@ -477,13 +496,7 @@ impl Repositories {
                         url: url.clone(),
                         message: e.to_string(),
                     })?;
-                    if body.len() + chunk.len() > MAX_ARCHIVE_BYTES {
-                        return Err(ChartSourceError::Fetch {
-                            url: url.clone(),
-                            message: format!("larger than {} MiB", MAX_ARCHIVE_BYTES >> 20),
-                        });
-                    }
-                    body.extend_from_slice(&chunk);
+                    append_bounded(&mut body, &chunk, MAX_ARCHIVE_BYTES, &url)?;
                 }
                 Ok(body)
             }
@@ -519,8 +532,15 @@ impl Repositories {
             .await
     }
 
-    /// An OCI client: plain http only where the operator allows it; the release's CA trusted.
+    /// The OCI client for `access`: plain http only where the operator allows it; the release's
+    /// CA trusted. Kept per access (credentials and CA), because a client keeps the first
+    /// credentials it is given for a registry: one shared client would lend them to others.
     fn oci_client(&self, access: &Access) -> Result<oci_client::Client, ChartSourceError> {
+        let key = access.cache_key();
+        let mut clients = self.oci_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
         let protocol = if self.allow_http {
             oci_client::client::ClientProtocol::Http
         } else {
@@ -537,11 +557,16 @@ impl Repositories {
             }
             None => Vec::new(),
         };
-        Ok(oci_client::Client::new(oci_client::client::ClientConfig {
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
             protocol,
             extra_root_certificates,
             ..Default::default()
-        }))
+        });
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// The HTTP client for `access`: the shared one, or one that also trusts its CA (kept per
@@ -560,7 +585,7 @@ impl Repositories {
             .tls_certs_merge(certificates(ca)?)
             .build()
             .map_err(|e| ChartSourceError::InvalidCa(e.to_string()))?;
-        if clients.len() >= 64 {
+        if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
         clients.insert(key, client.clone());
@@ -617,7 +642,7 @@ impl Repositories {
         if let Some(credentials) = &access.credentials {
             request = credentials.apply(request);
         }
-        let mut response = request.send().await.map_err(|e| fail(without_url(&e)))?;
+        let mut response = request.send().await.map_err(|e| fail(error_chain(&e)))?;
         let status = response.status();
         if matches!(status.as_u16(), 401 | 403) {
             return Err(ChartSourceError::Unauthorized {
@@ -633,11 +658,8 @@ impl Repositories {
             return Err(fail(format!("larger than {} MiB", max >> 20)));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(without_url(&e)))? {
-            if body.len() + chunk.len() > max {
-                return Err(fail(format!("larger than {} MiB", max >> 20)));
-            }
-            body.extend_from_slice(&chunk);
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+            append_bounded(&mut body, &chunk, max, url)?;
         }
         Ok(body)
     }
@@ -745,8 +767,26 @@ fn touch(entry_dir: &Path) {
         std::fs::File::open(entry_dir).and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }
 
+/// Appends `chunk` unless the body would grow past `max` bytes (the whole body is never held
+/// beyond the bound, whatever the server claimed).
+fn append_bounded(
+    body: &mut Vec<u8>,
+    chunk: &[u8],
+    max: usize,
+    url: &str,
+) -> Result<(), ChartSourceError> {
+    if body.len() + chunk.len() > max {
+        return Err(ChartSourceError::Fetch {
+            url: url.to_owned(),
+            message: format!("larger than {} MiB", max >> 20),
+        });
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
+}
+
 /// reqwest's error with its causes (connection refused, timed out, …).
-fn without_url(error: &reqwest::Error) -> String {
+fn error_chain(error: &reqwest::Error) -> String {
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -197,17 +197,10 @@ pub async fn gather<H: Helm>(
     // Claims are read from the watch's store: it must hold every resource before they count
     // (immediate once the first list is in).
     let _ = ctx.store.wait_until_ready().await;
-    let history = match storage::history(&client, &namespace, &desired.release).await {
+    let history = match release_history(&client, &namespace, account, &desired.release).await {
         Ok(history) => history,
-        Err(storage::StorageError::Api(e)) if forbidden(&e).is_some() => {
-            return Ok(Gather::Blocked(Blocked::Forbidden(forbidden_storage(
-                &namespace,
-                account,
-                &desired.release,
-                &e,
-            ))));
-        }
-        Err(e) => return Err(e.into()),
+        Err(Error::Forbidden(message)) => return Ok(Gather::Blocked(Blocked::Forbidden(message))),
+        Err(e) => return Err(e),
     };
     let claims = claims(&ctx.store, fhr, &namespace, &desired.release);
     let holder = history.latest().and_then(|r| r.owner.as_ref());
@@ -444,19 +437,27 @@ fn acting(namespace: &str, service_account: Option<&str>) -> String {
     }
 }
 
-/// The message for a refused read of Helm's storage: who tried, and the API server's words
-/// (which name the user, the verb and the resource).
-pub fn forbidden_storage(
+/// Helm's history of `release`, read as whoever acts for it (`client`, `account`). A refusal is
+/// `Error::Forbidden`, naming the account and quoting the API server (which names the user, the
+/// verb and the resource).
+pub async fn release_history(
+    client: &kube::Client,
     namespace: &str,
-    service_account: Option<&str>,
+    account: Option<&str>,
     release: &str,
-    error: &kube::Error,
-) -> String {
-    format!(
-        "{} may not read the Helm records of release {release}: {}",
-        acting(namespace, service_account),
-        forbidden(error).unwrap_or_default()
-    )
+) -> Result<History, Error> {
+    storage::history(client, namespace, release)
+        .await
+        .map_err(|e| match e {
+            storage::StorageError::Api(api) if forbidden(&api).is_some() => {
+                Error::Forbidden(format!(
+                    "{} may not read the Helm records of release {release}: {}",
+                    acting(namespace, account),
+                    forbidden(&api).unwrap_or_default()
+                ))
+            }
+            other => other.into(),
+        })
 }
 
 /// What ChartFetched says when the chart was found.

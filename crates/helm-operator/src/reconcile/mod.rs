@@ -545,18 +545,8 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     let _release_lock = ctx.locks.lock(&namespace, &release).await;
     let service_account = ctx.settings.service_account(fhr);
     let as_release = ctx.identities.client(&namespace, service_account)?;
-    let history = match storage::history(&as_release, &namespace, &release).await {
-        Ok(history) => history,
-        Err(storage::StorageError::Api(e)) if crate::identity::forbidden(&e).is_some() => {
-            return Err(Error::Forbidden(gather::forbidden_storage(
-                &namespace,
-                service_account,
-                &release,
-                &e,
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let history =
+        gather::release_history(&as_release, &namespace, service_account, &release).await?;
     let me = record::owner(&namespace, &fhr.name_any());
     let ours = history
         .latest()
