@@ -6,7 +6,6 @@
 use crate::state::{HelmStatus, Owner, Revision};
 use fhr_types::meta::release_label;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
@@ -80,26 +79,26 @@ pub fn revision_from_labels(labels: &BTreeMap<String, String>) -> Option<Revisio
         status,
         owner,
         digest: labels.get(release_label::DIGEST).cloned(),
+        actor: labels.get(release_label::ACTOR).cloned(),
+        written: None,
     })
 }
 
 /// The owner as it is written into labels: a name longer than a label value allows is hashed.
 pub fn owner(namespace: &str, name: &str) -> Owner {
-    let name = if name.len() <= 63 {
-        name.to_owned()
-    } else {
-        let digest = Sha256::digest(name.as_bytes());
-        format!("h-{}", hex::encode(&digest[..16]))
-    };
     Owner {
         namespace: namespace.to_owned(),
-        name,
+        name: fhr_types::naming::label_value(name),
     }
 }
 
-/// The labels helm-operator puts on a release record.
-pub fn labels(owner: &Owner, digest: &str) -> BTreeMap<String, String> {
+/// The labels helm-operator replica `actor` puts on a release record.
+pub fn labels(owner: &Owner, digest: &str, actor: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
+        (
+            release_label::ACTOR.to_owned(),
+            fhr_types::naming::label_value(actor),
+        ),
         (
             release_label::OWNER_NAMESPACE.to_owned(),
             owner.namespace.clone(),
@@ -171,7 +170,7 @@ mod tests {
     #[test]
     fn labels_round_trip_into_a_revision() {
         let me = owner("team", "web");
-        let mut labels = labels(&me, "abc");
+        let mut labels = labels(&me, "abc", "helm-operator-0");
         labels.insert("version".into(), "7".into());
         labels.insert("status".into(), "deployed".into());
         labels.insert("owner".into(), "helm".into());
@@ -180,6 +179,7 @@ mod tests {
         assert_eq!(revision.status, HelmStatus::Deployed);
         assert_eq!(revision.owner, Some(me));
         assert_eq!(revision.digest.as_deref(), Some("abc"));
+        assert_eq!(revision.actor.as_deref(), Some("helm-operator-0"));
     }
 
     #[test]
@@ -241,6 +241,8 @@ mod tests {
             status: HelmStatus::parse(status),
             owner: None,
             digest: None,
+            actor: None,
+            written: None,
         };
         let history = History::new(vec![
             revision(1, "superseded"),

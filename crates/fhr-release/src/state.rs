@@ -76,6 +76,10 @@ pub struct Revision {
     pub owner: Option<Owner>,
     /// The digest it was made from, if helm-operator wrote it.
     pub digest: Option<String>,
+    /// The helm-operator replica that wrote it, if known.
+    pub actor: Option<String>,
+    /// When its record was written (seconds since the epoch), if known.
+    pub written: Option<i64>,
 }
 
 /// What the reconciler knows when it decides.
@@ -288,6 +292,8 @@ mod tests {
             status: HelmStatus::parse(status),
             owner,
             digest: Some(digest.into()).filter(|d: &String| !d.is_empty()),
+            actor: None,
+            written: None,
         }
     }
 

@@ -179,6 +179,15 @@ impl Elector {
     }
 }
 
+/// Where the Leases live: `--leader-election-namespace`, else the pod's namespace, else
+/// `default_namespace`.
+pub fn lease_namespace(args: &crate::cli::LeaderArgs, default_namespace: &str) -> String {
+    args.leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| default_namespace.to_owned())
+}
+
 /// Takes part in leader election as `args` say: waits (not ready, as a standby) until this replica
 /// leads, and keeps the Lease while it runs. Returns a token cancelled if leadership is lost
 /// (never, with election off), or `None` if shutdown came first.
@@ -194,11 +203,7 @@ pub async fn lead(
     if !args.leader_election {
         return Some(lost);
     }
-    let namespace = args
-        .leader_election_namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| default_namespace.to_owned());
+    let namespace = lease_namespace(args, default_namespace);
     let elector = Elector::new(
         client.clone(),
         &namespace,

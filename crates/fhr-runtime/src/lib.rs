@@ -1,7 +1,7 @@
 //! Runtime plumbing that flux-agent and helm-operator share, written once: command-line flags
-//! common to both, logging, the admin HTTP server and readiness, the API client, leader election,
-//! child processes and shutdown. Nothing of git or of releases: those are fhr-git's and the
-//! daemons'.
+//! common to both, logging, the admin HTTP server and readiness, the API client, leader election
+//! and automatic sharding, child processes and shutdown. Nothing of git or of releases: those are
+//! fhr-git's and the daemons'.
 
 pub mod admin;
 pub mod child;
@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod kube;
 pub mod leader;
 pub mod logging;
+pub mod membership;
+pub mod shards;
 pub mod shutdown;
 
 pub use admin::Health;

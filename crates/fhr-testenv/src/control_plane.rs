@@ -93,8 +93,12 @@ const AUDIT_LOG: &str = "audit.log";
 /// A running etcd + kube-apiserver, stopped (and its files removed) when dropped.
 pub struct ControlPlane {
     // Field order is drop order: the apiserver stops before etcd, and files go last.
-    apiserver: OwnedChild,
+    // In a Mutex so that a test holding the control plane shared can restart it.
+    apiserver: std::sync::Mutex<OwnedChild>,
     etcd: OwnedChild,
+    /// The apiserver's command line, to start it again (`restart_apiserver`).
+    apiserver_args: Vec<String>,
+    restarts: std::sync::atomic::AtomicU32,
     kubeconfig: PathBuf,
     server: String,
     tools: Tools,
@@ -168,8 +172,7 @@ impl ControlPlane {
         wait_for_port(&mut etcd, etcd_client).await?;
 
         let server = format!("https://127.0.0.1:{apiserver_port}");
-        let mut apiserver_cmd = Command::new(&tools.kube_apiserver);
-        apiserver_cmd.args([
+        let mut apiserver_args: Vec<String> = [
             &format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -185,20 +188,18 @@ impl ControlPlane {
             "--allow-privileged=true",
             "--profiling=false",
             "--v=0",
-        ]);
+        ]
+        .map(|arg| arg.to_string())
+        .to_vec();
         if let Some(policy) = options.audit.policy() {
             let policy = write("audit-policy.yaml", &policy)?;
-            apiserver_cmd.args([
+            apiserver_args.extend([
                 format!("--audit-policy-file={}", policy.display()),
                 format!("--audit-log-path={}", dir.path().join(AUDIT_LOG).display()),
                 "--audit-log-format=json".to_owned(),
             ]);
         }
-        let mut apiserver = OwnedChild::spawn(
-            "kube-apiserver",
-            apiserver_cmd,
-            &dir.path().join("kube-apiserver.log"),
-        )?;
+        let mut apiserver = spawn_apiserver(&tools, &apiserver_args, dir.path(), 0)?;
 
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(
@@ -213,13 +214,33 @@ impl ControlPlane {
         let client = client_from_kubeconfig(&kubeconfig).await?;
         wait_ready(&client, &mut apiserver).await?;
         Ok(ControlPlane {
-            apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
             etcd,
+            apiserver_args,
+            restarts: Default::default(),
             kubeconfig,
             server,
             tools,
             dir,
         })
+    }
+
+    /// Kills kube-apiserver as a crash would (SIGKILL) and starts it again on the same port and
+    /// etcd, as a kubelet restarting a static pod does; returns once it is ready.
+    pub async fn restart_apiserver(&self) -> Result<(), StartError> {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
+        let restart = 1 + self
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut apiserver =
+            spawn_apiserver(&self.tools, &self.apiserver_args, self.dir.path(), restart)?;
+        let client = client_from_kubeconfig(&self.kubeconfig).await?;
+        wait_ready(&client, &mut apiserver).await?;
+        *self.apiserver.lock().unwrap_or_else(|e| e.into_inner()) = apiserver;
+        Ok(())
     }
 
     /// The admin kubeconfig file (for `kubectl`, `helm` and the daemons under test).
@@ -242,9 +263,13 @@ impl ControlPlane {
         self.dir.path()
     }
 
-    /// The apiserver's log file.
-    pub fn apiserver_log(&self) -> &Path {
-        self.apiserver.log_path()
+    /// The running apiserver's log file.
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .log_path()
+            .to_owned()
     }
 
     /// The apiserver's audit log (as [`Options::audit`] says).
@@ -259,7 +284,10 @@ impl ControlPlane {
 
     /// The kube-apiserver process id.
     pub fn apiserver_pid(&self) -> u32 {
-        self.apiserver.id()
+        self.apiserver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .id()
     }
 
     /// An admin client. Made anew per call: a client belongs to the async runtime that made it.
@@ -424,6 +452,22 @@ async fn wait_for_port(child: &mut OwnedChild, port: u16) -> Result<(), StartErr
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts kube-apiserver with `args`; its log is `kube-apiserver.log` (`-<restart>` after the first).
+fn spawn_apiserver(
+    tools: &Tools,
+    args: &[String],
+    dir: &Path,
+    restart: u32,
+) -> std::io::Result<OwnedChild> {
+    let mut command = Command::new(&tools.kube_apiserver);
+    command.args(args);
+    let log = match restart {
+        0 => "kube-apiserver.log".to_owned(),
+        n => format!("kube-apiserver-{n}.log"),
+    };
+    OwnedChild::spawn("kube-apiserver", command, &dir.join(log))
 }
 
 async fn wait_ready(client: &kube::Client, apiserver: &mut OwnedChild) -> Result<(), StartError> {

@@ -258,6 +258,9 @@ pub struct FluxHelmReleaseStatus {
     /// the annotation waits for it here (`kubectl fhr reconcile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// The helm-operator replica (its pod) that took the last Helm action on the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_by: Option<String>,
     /// What the drift check set out to correct and what it found it cannot correct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftMemory>,

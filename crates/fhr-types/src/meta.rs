@@ -48,6 +48,10 @@ pub mod release_label {
     pub const OWNER_NAME: &str = "helm.integrations.flux.weave.works/owner-name";
     /// Digest of the chart tree and values this revision was made from.
     pub const DIGEST: &str = "helm.integrations.flux.weave.works/digest";
+    /// The helm-operator replica that wrote this revision (hashed when longer than a label
+    /// value): with automatic sharding, a revision left pending by a replica still live is
+    /// that replica's action in flight, not an interrupted one.
+    pub const ACTOR: &str = "helm.integrations.flux.weave.works/actor";
 }
 
 /// Condition reasons: CamelCase, stable, documented in docs/troubleshooting.md.

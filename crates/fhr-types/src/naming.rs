@@ -64,6 +64,20 @@ pub fn release_name(
     Ok(release)
 }
 
+/// A value as it is written into a label (an owner's name, a replica, a group): itself when it
+/// fits the 63 characters of a label value, else a digest of it.
+pub fn label_value(value: &str) -> String {
+    use sha2::Digest as _;
+    if value.len() <= 63 {
+        value.to_owned()
+    } else {
+        format!(
+            "h-{}",
+            hex::encode(&sha2::Sha256::digest(value.as_bytes())[..16])
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

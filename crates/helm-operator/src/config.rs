@@ -17,6 +17,18 @@ pub enum HelmEngine {
     Cli,
 }
 
+/// How replicas share the releases.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharding {
+    /// One replica (the Lease holder) acts on every release; the others stand by.
+    Leader,
+    /// Every replica acts, each on its share: replicas find each other through one Lease each
+    /// and split the releases by rendezvous hashing, with no labels needed.
+    Auto,
+    /// No coordination: run exactly one replica (per `--watch-label-selector` shard).
+    Off,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "helm-operator", version)]
 pub struct Config {
@@ -96,6 +108,12 @@ pub struct Config {
     /// Folder for the git mirror, exported charts and Helm's cache (default: a temporary folder).
     #[arg(long, env = "STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// How replicas share the releases: `leader` (one acts, the others stand by), `auto` (all
+    /// act, each on its share, split by rendezvous hashing) or `off` (a single replica).
+    /// `--leader-election=false` is the older spelling of `off`.
+    #[arg(long, env = "SHARDING", value_enum, default_value_t = Sharding::Leader)]
+    pub sharding: Sharding,
 
     #[command(flatten)]
     pub leader: LeaderArgs,

@@ -12,6 +12,7 @@ mod identity;
 mod metrics;
 mod reconcile;
 mod repositories;
+mod shards;
 mod status;
 mod storage;
 mod values_from;
@@ -39,6 +40,13 @@ fn main() -> anyhow::Result<()> {
 async fn operate(config: config::Config) -> anyhow::Result<()> {
     // Bad flags are refused before anything starts or is contacted.
     let source = config.git.source().context("--git-url")?;
+    let sharding = match (config.sharding, config.leader.leader_election) {
+        (sharding, true) => sharding,
+        (config::Sharding::Auto, false) => anyhow::bail!(
+            "--sharding=auto needs the replicas' Leases: drop --leader-election=false"
+        ),
+        (_, false) => config::Sharding::Off,
+    };
     anyhow::ensure!(
         config.allow_lookup || config.helm_engine == config::HelmEngine::Engine,
         "--allow-lookup=false needs --helm-engine=engine: the helm CLI cannot turn lookup off"
@@ -98,9 +106,29 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         lease.push_str(&format!("-shard-{}", hex::encode(&digest[..6])));
     }
     let lease_namespace = config.namespace.as_deref().unwrap_or("default");
-    if !daemon.lead(&config.leader, lease_namespace, &lease).await {
-        return Ok(());
-    }
+    let replica = fhr_runtime::leader::Elector::default_identity();
+    let mut membership = None;
+    let shards = match sharding {
+        config::Sharding::Leader => {
+            if !daemon.lead(&config.leader, lease_namespace, &lease).await {
+                return Ok(());
+            }
+            shards::Shards::all(&replica)
+        }
+        config::Sharding::Off => shards::Shards::all(&replica),
+        config::Sharding::Auto => {
+            let joined = fhr_runtime::membership::Membership::new(
+                client.clone(),
+                &fhr_runtime::leader::lease_namespace(&config.leader, lease_namespace),
+                &lease,
+                &replica,
+                config.leader.lease_duration,
+            );
+            let ring = joined.ring();
+            membership = Some(joined);
+            shards::Shards::auto(&replica, ring, config.leader.lease_duration)
+        }
+    };
     // Started once this replica leads: a standby runs no engine.
     let helm = match config.helm_engine {
         config::HelmEngine::Engine => {
@@ -161,6 +189,26 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let shards = Arc::new(shards);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    if let Some(membership) = membership.clone() {
+        let changed = changed.clone();
+        tokio::spawn(membership.run(move || changed.notify_one(), shutdown.clone()));
+    }
+    {
+        let (shards, store, trigger, metrics) = (
+            shards.clone(),
+            reader.clone(),
+            trigger_tx.clone(),
+            metrics.clone(),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shards
+                .rebalance(store, changed, trigger, metrics, shutdown)
+                .await
+        });
+    }
     let reporter = Reporter {
         controller: "helm-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -181,6 +229,7 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         requeue: trigger_tx,
         locks: Default::default(),
         retries: Default::default(),
+        shards,
         settings: reconcile::Settings {
             charts_path: config.charts_path.clone(),
             default_timeout: config.helm_timeout,
@@ -228,5 +277,9 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
         })
         .await;
     tracing::info!("controller stopped");
+    // Only now that nothing is in flight may the others take this replica's releases at once.
+    if let Some(membership) = membership {
+        membership.leave().await;
+    }
     Ok(daemon.finish().await?)
 }

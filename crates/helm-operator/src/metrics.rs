@@ -39,6 +39,11 @@ struct FetchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -64,6 +69,9 @@ pub struct Metrics {
     engine_restarts: Family<ReasonLabels, Counter>,
     chart_fetches: Family<FetchLabels, Counter>,
     readiness: Mutex<HashMap<String, &'static str>>,
+    owned: Gauge,
+    members: Gauge,
+    handovers: Family<DirectionLabels, Counter>,
     /// The poll loop's metrics.
     pub git: std::sync::Arc<fhr_git::GitMetrics>,
 }
@@ -81,6 +89,9 @@ impl Metrics {
             engine_restarts: Family::default(),
             chart_fetches: Family::default(),
             readiness: Mutex::default(),
+            owned: Gauge::default(),
+            members: Gauge::default(),
+            handovers: Family::default(),
             git: std::sync::Arc::new(fhr_git::GitMetrics::new(
                 registry.sub_registry_with_prefix("fhr_operator"),
             )),
@@ -126,6 +137,26 @@ impl Metrics {
             "FluxHelmRelease objects by their Ready condition",
             m.releases.clone(),
         );
+        r.register(
+            "shard_releases",
+            "FluxHelmRelease objects this replica acts on (all it watches, unless --sharding=auto)",
+            m.owned.clone(),
+        );
+        r.register(
+            "shard_members",
+            "Live replicas sharing the releases, as this replica sees them (--sharding=auto)",
+            m.members.clone(),
+        );
+        r.register(
+            "shard_handovers",
+            "Releases that moved to this replica (gained) or away from it (lost) as replicas came and went",
+            m.handovers.clone(),
+        );
+        for direction in ["gained", "lost"] {
+            m.handovers
+                .get_or_create(&DirectionLabels { direction })
+                .inc_by(0);
+        }
         // Every reason is exported from the start, so that alerts on increase() see the first.
         for reason in ENGINE_FAULTS {
             m.engine_restarts
@@ -179,6 +210,18 @@ impl Metrics {
         self.helm_seconds
             .get_or_create(&ActionOnly { action })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records this replica's share: releases it acts on, live replicas, and how many releases
+    /// moved to it and away from it since the last call.
+    pub fn shard(&self, owned: usize, members: usize, gained: usize, lost: usize) {
+        self.owned.set(i64::try_from(owned).unwrap_or(i64::MAX));
+        self.members.set(i64::try_from(members).unwrap_or(i64::MAX));
+        for (direction, count) in [("gained", gained), ("lost", lost)] {
+            self.handovers
+                .get_or_create(&DirectionLabels { direction })
+                .inc_by(count as u64);
+        }
     }
 
     /// Records a resource's Ready condition (`None` when the resource is gone).

@@ -38,7 +38,15 @@ pub async fn history(
     Ok(History::new(
         list.items
             .iter()
-            .filter_map(|item| record::revision_from_labels(item.metadata.labels.as_ref()?))
+            .filter_map(|item| {
+                let mut revision = record::revision_from_labels(item.metadata.labels.as_ref()?)?;
+                revision.written = item
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second());
+                Some(revision)
+            })
             .collect(),
     ))
 }

@@ -32,7 +32,11 @@ pub struct OperatorEnv {
 impl OperatorEnv {
     /// A fresh namespace and repository holding `examples/charts` under `charts/`.
     pub async fn new(prefix: &str) -> OperatorEnv {
-        let cp = shared_control_plane().await;
+        OperatorEnv::on(shared_control_plane().await, prefix).await
+    }
+
+    /// The same world on control plane `cp` (a test that restarts its API server has its own).
+    pub async fn on(cp: &'static ControlPlane, prefix: &str) -> OperatorEnv {
         let client = cp.client().await;
         install_crd(&client).await;
         let namespace = unique_name(prefix);

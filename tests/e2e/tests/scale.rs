@@ -1,10 +1,16 @@
-//! Spreading releases over several operators. This target: Flux-style manual sharding, where each
-//! operator watches only the resources its label selector matches.
+//! Spreading releases over several operators: Flux-style manual sharding, where each operator
+//! watches only the resources its label selector matches; automatic sharding, where replicas
+//! split the releases among themselves and hand them over as they come and go; and faults under
+//! load, with the API server, etcd, git and replicas failing while 300 releases converge.
 
 use e2e::Daemon;
-use e2e::operator::{OperatorEnv, ready_at};
-use kube::api::{Patch, PatchParams};
+use e2e::operator::{OperatorEnv, ready, ready_at};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 const SHARD_KEY: &str = "sharding.fluxcd.io/key";
 
@@ -79,4 +85,448 @@ async fn two_operators_with_disjoint_selectors_each_act_only_on_their_own_releas
     );
     assert!(env.operator().metric("fhr_operator_reconciles_total").await >= 2.0);
     assert!(second.metric("fhr_operator_reconciles_total").await >= 1.0);
+}
+
+/// Releases of the automatic sharding and chaos tests.
+const RELEASES: usize = 300;
+/// The replicas' lease duration: short, so that handovers are quick to watch.
+const LEASE: Duration = Duration::from_secs(6);
+/// How long 300 releases may take to converge (3 replicas and their engines on 2 cores).
+const CONVERGE: Duration = Duration::from_secs(600);
+
+/// The two 300-release tests run one at a time: together they would starve each other.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A chart as small as charts come (one ConfigMap), so that 300 releases measure coordination,
+/// not rendering.
+fn add_tiny_chart(env: &OperatorEnv) {
+    env.repo
+        .write(
+            "charts/tiny/Chart.yaml",
+            "apiVersion: v2\nname: tiny\nversion: 0.1.0\n",
+        )
+        .unwrap();
+    env.repo
+        .write("charts/tiny/values.yaml", "generation: \"1\"\n")
+        .unwrap();
+    env.repo
+        .write(
+            "charts/tiny/templates/configmap.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  generation: {{ .Values.generation | quote }}\n",
+        )
+        .unwrap();
+    env.repo.commit("tiny chart").unwrap();
+}
+
+fn release(i: usize) -> String {
+    format!("r{i:03}")
+}
+
+/// Applies (or changes) the 300 resources at `generation`, a few at a time.
+async fn apply_all(env: &OperatorEnv, generation: u32) {
+    futures::stream::iter(0..RELEASES)
+        .for_each_concurrent(16, |i| async move {
+            env.apply(
+                &release(i),
+                json!({
+                    "chartGitPath": "tiny",
+                    "releaseName": release(i),
+                    "values": [{"name": "generation", "value": generation.to_string()}],
+                }),
+            )
+            .await
+        })
+        .await;
+}
+
+/// Waits until all 300 resources are Ready at `revision`.
+async fn wait_all_ready_at(env: &OperatorEnv, revision: i64, replicas: &[&Daemon]) {
+    let api = env.api();
+    e2e::eventually(
+        &format!("{RELEASES} releases Ready at revision {revision}"),
+        CONVERGE,
+        || async {
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let done = list.items.iter().filter(|f| ready_at(revision)(f)).count();
+            if list.items.len() == RELEASES && done == RELEASES {
+                Ok(())
+            } else {
+                let logs: Vec<String> = replicas.iter().map(|r| r.log_tail()).collect();
+                Err(format!(
+                    "{done} of {} Ready at {revision}\n{}",
+                    list.items.len(),
+                    logs.join("\n---\n")
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Every release's revisions in Helm's storage, as (revision, status) pairs, oldest first.
+async fn storage_revisions(env: &OperatorEnv) -> BTreeMap<String, Vec<(i64, String)>> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let list = secrets
+        .list_metadata(&ListParams::default().labels("owner=helm"))
+        .await
+        .unwrap();
+    let mut releases: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for item in list.items {
+        let labels = item.metadata.labels.unwrap_or_default();
+        releases
+            .entry(labels["name"].clone())
+            .or_default()
+            .push((labels["version"].parse().unwrap(), labels["status"].clone()));
+    }
+    for revisions in releases.values_mut() {
+        revisions.sort();
+    }
+    releases
+}
+
+/// Asserts that every release has exactly revisions 1..=`latest`, the last deployed and the
+/// others superseded: each was acted on once per change, by one replica.
+async fn assert_acted_on_once_per_change(env: &OperatorEnv, latest: i64) {
+    let revisions = storage_revisions(env).await;
+    assert_eq!(revisions.len(), RELEASES, "releases in Helm's storage");
+    for (name, history) in &revisions {
+        let expected: Vec<(i64, String)> = (1..=latest)
+            .map(|n| {
+                let status = if n == latest {
+                    "deployed"
+                } else {
+                    "superseded"
+                };
+                (n, status.to_owned())
+            })
+            .collect();
+        assert_eq!(history, &expected, "{name}: Helm history");
+    }
+}
+
+/// A replica sharing the releases automatically, with its own state folder.
+fn start_replica(env: &OperatorEnv, name: &str, extra: &[&str]) -> Daemon {
+    let mut flags = vec![
+        "--sharding=auto".to_owned(),
+        format!("--lease-duration={}s", LEASE.as_secs()),
+        format!("--state-dir={}", env.dir.path().join(name).display()),
+    ];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Daemon::start(
+        "helm-operator",
+        env.cp.kubeconfig(),
+        env.dir.path(),
+        &env.operator_args(&flags),
+    )
+}
+
+/// A replica's identity as it writes it into status: host name and process id (no POD_NAME).
+fn identity(replica: &Daemon) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    format!("{}-{}", host.trim(), replica.process.id())
+}
+
+async fn metric(replica: &Daemon, series: &str) -> f64 {
+    replica.metric(series).await
+}
+
+/// Helm actions a replica has taken.
+async fn actions(replica: &Daemon) -> f64 {
+    metric(replica, "fhr_operator_helm_actions_total").await
+}
+
+/// Waits until the replicas' shares add up to every release, with none counted twice; the
+/// shares.
+async fn wait_shares_settle(replicas: &[&Daemon], members: usize) -> Vec<f64> {
+    e2e::eventually(
+        "the replicas' shares to add up to every release",
+        CONVERGE,
+        || async {
+            let mut shares = Vec::new();
+            for replica in replicas {
+                if metric(replica, "fhr_operator_shard_members").await != members as f64 {
+                    return Err(format!(
+                        "{} does not see {members} members",
+                        identity(replica)
+                    ));
+                }
+                shares.push(metric(replica, "fhr_operator_shard_releases").await);
+            }
+            if shares.iter().sum::<f64>() == RELEASES as f64 {
+                Ok(shares)
+            } else {
+                Err(format!("shares {shares:?}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replicas_split_releases_and_hand_them_over_without_acting_twice() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let env = OperatorEnv::new("auto").await;
+    add_tiny_chart(&env);
+    let mut a = start_replica(&env, "a", &[]);
+    let b = start_replica(&env, "b", &[]);
+    let c = start_replica(&env, "c", &[]);
+    for replica in [&a, &b, &c] {
+        replica.wait_ready().await;
+    }
+    // --sharding=auto needs Leases: refused with election turned off, naming both flags.
+    let refused = std::process::Command::new(e2e::daemon_binary("helm-operator"))
+        .args(env.operator_args(&["--sharding=auto", "--leader-election=false"]))
+        .arg("--listen=127.0.0.1:0")
+        .env("KUBECONFIG", env.cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--sharding=auto"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Three replicas, 300 releases: each acts on its share, about a third.
+    apply_all(&env, 1).await;
+    wait_all_ready_at(&env, 1, &[&a, &b, &c]).await;
+    let shares = wait_shares_settle(&[&a, &b, &c], 3).await;
+    let installs = [actions(&a).await, actions(&b).await, actions(&c).await];
+    eprintln!("shares {shares:?}, installs {installs:?}");
+    for (share, acted) in shares.iter().zip(installs) {
+        assert!(
+            (70.0..=130.0).contains(share),
+            "share {share} of {RELEASES}"
+        );
+        assert_eq!(acted, *share, "a replica acted outside its share");
+    }
+    assert_acted_on_once_per_change(&env, 1).await;
+    let live = [identity(&a), identity(&b), identity(&c)];
+    for fhr in env.api().list(&ListParams::default()).await.unwrap() {
+        let by = fhr.status.as_ref().and_then(|s| s.last_action_by.clone());
+        assert!(
+            by.as_ref().is_some_and(|by| live.contains(by)),
+            "lastActionBy {by:?}"
+        );
+    }
+
+    // SIGKILL one, and change every release at once: the survivors take its releases over
+    // within the lease duration, and every release is upgraded exactly once.
+    let before = [actions(&b).await, actions(&c).await];
+    a.process.kill();
+    let killed = Instant::now();
+    apply_all(&env, 2).await;
+    let shares = wait_shares_settle(&[&b, &c], 2).await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {takeover:?}; shares {shares:?}");
+    // The lease, plus this test's polling of two metrics endpoints.
+    assert!(
+        takeover <= LEASE + Duration::from_secs(3),
+        "takeover took {takeover:?}"
+    );
+    wait_all_ready_at(&env, 2, &[&b, &c]).await;
+    assert_acted_on_once_per_change(&env, 2).await;
+    let upgrades = actions(&b).await - before[0] + actions(&c).await - before[1];
+    assert_eq!(upgrades, RELEASES as f64, "upgrades after the kill");
+
+    // A fourth replica joins while every release changes again: releases move to it, and
+    // still none is acted on twice.
+    let before = [actions(&b).await, actions(&c).await];
+    let d = start_replica(&env, "d", &[]);
+    d.wait_ready().await;
+    apply_all(&env, 3).await;
+    wait_all_ready_at(&env, 3, &[&b, &c, &d]).await;
+    let shares = wait_shares_settle(&[&b, &c, &d], 3).await;
+    assert_acted_on_once_per_change(&env, 3).await;
+    let moved = [
+        actions(&b).await - before[0],
+        actions(&c).await - before[1],
+        actions(&d).await,
+    ];
+    eprintln!("after a 4th joined: shares {shares:?}, upgrades {moved:?}");
+    assert!(
+        (70.0..=130.0).contains(&shares[2]),
+        "the new replica's share {shares:?}"
+    );
+    assert_eq!(
+        moved.iter().sum::<f64>(),
+        RELEASES as f64,
+        "upgrades {moved:?}"
+    );
+    assert!(moved[2] > 0.0, "the new replica acted on nothing");
+    let lost = metric(&b, "fhr_operator_shard_handovers_total{direction=\"lost\"}").await
+        + metric(&c, "fhr_operator_shard_handovers_total{direction=\"lost\"}").await;
+    assert!(lost >= shares[2], "handovers counted: {lost}");
+}
+
+/// Every `fhr-helm-engine` process whose parent is not a running helm-operator: an engine left
+/// behind by a replica that died.
+fn orphaned_engines() -> Vec<u32> {
+    use fhr_testenv::process::stat;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat(*pid).is_some_and(|s| {
+                s.comm == "fhr-helm-engine"
+                    && s.state != 'Z'
+                    && stat(s.ppid).is_none_or(|parent| parent.comm != "helm-operator")
+            })
+        })
+        .collect()
+}
+
+/// One fault, when it ended, and how many releases were Ready then.
+struct Fault {
+    what: &'static str,
+    ended: Instant,
+    ready: usize,
+}
+
+/// Waits until at least `count` resources are Ready.
+async fn wait_ready_count(env: &OperatorEnv, count: usize) {
+    e2e::eventually(&format!("{count} releases Ready"), CONVERGE, || async {
+        match ready_count(env).await {
+            n if n >= count => Ok(()),
+            n => Err(format!("{n} Ready")),
+        }
+    })
+    .await
+}
+
+/// How many of the resources are Ready now (0 while the API server cannot say).
+async fn ready_count(env: &OperatorEnv) -> usize {
+    env.api()
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items.iter().filter(|f| ready(f)).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    // Its own control plane: this test kills the API server and stops etcd.
+    let cp: &'static e2e::ControlPlane = Box::leak(Box::new(
+        e2e::ControlPlane::start().await.expect("a control plane"),
+    ));
+    let env = OperatorEnv::on(cp, "chaos").await;
+    add_tiny_chart(&env);
+    // One worker each, so that convergence lasts through the faults.
+    let mut a = start_replica(&env, "a", &["--workers=1"]);
+    let b = start_replica(&env, "b", &["--workers=1"]);
+    let c = start_replica(&env, "c", &["--workers=1"]);
+    for replica in [&a, &b, &c] {
+        replica.wait_ready().await;
+    }
+    let started = Instant::now();
+    apply_all(&env, 1).await;
+    let mut faults: Vec<Fault> = Vec::new();
+    // Each fault strikes once installs are under way again after the one before.
+    let mut under_way = 20;
+    wait_ready_count(&env, under_way).await;
+
+    // The API server crashes and comes back on the same port and etcd.
+    cp.restart_apiserver()
+        .await
+        .expect("the API server restarts");
+    faults.push(Fault {
+        what: "SIGKILL kube-apiserver, restarted",
+        ended: Instant::now(),
+        ready: ready_count(&env).await,
+    });
+
+    under_way = faults.last().unwrap().ready + 20;
+    wait_ready_count(&env, under_way).await;
+    // etcd stops answering for 10 s: the API server hangs, no Lease is renewed.
+    fhr_testenv::process::signal(cp.etcd_pid(), libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    fhr_testenv::process::signal(cp.etcd_pid(), libc::SIGCONT);
+    faults.push(Fault {
+        what: "SIGSTOP etcd for 10 s",
+        ended: Instant::now(),
+        ready: ready_count(&env).await,
+    });
+
+    // git answers 503 for 30 s, and meanwhile a replica is killed in the middle of its work.
+    under_way = faults.last().unwrap().ready + 20;
+    wait_ready_count(&env, under_way).await;
+    env.git
+        .set_behaviour(fhr_testenv::GitServerBehaviour::Unavailable);
+    let git_down = Instant::now();
+    let installs_by_a = a
+        .try_metric("fhr_operator_helm_actions_total")
+        .await
+        .unwrap_or(0.0);
+    a.process.kill();
+    faults.push(Fault {
+        what: "SIGKILL one replica",
+        ended: Instant::now(),
+        ready: ready_count(&env).await,
+    });
+    // A fourth replica joins while git is still down and releases still converge.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let d = start_replica(&env, "d", &["--workers=1"]);
+    faults.push(Fault {
+        what: "a 4th replica added",
+        ended: Instant::now(),
+        ready: ready_count(&env).await,
+    });
+    // The faults hit releases still converging, or this test proves little.
+    assert!(
+        faults.iter().all(|f| f.ready < RELEASES),
+        "converged before the faults: {:?}",
+        faults.iter().map(|f| f.ready).collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(git_down.elapsed())).await;
+    env.git
+        .set_behaviour(fhr_testenv::GitServerBehaviour::Normal);
+    faults.push(Fault {
+        what: "git 503 for 30 s",
+        ended: Instant::now(),
+        ready: ready_count(&env).await,
+    });
+    d.wait_ready().await;
+
+    wait_all_ready_at(&env, 1, &[&b, &c, &d]).await;
+    let last = faults.iter().map(|f| f.ended).max().unwrap();
+    let recovery = last.elapsed();
+
+    // Nothing lost, nothing stuck, nothing done twice.
+    let resources = env.api().list(&ListParams::default()).await.unwrap();
+    assert_eq!(resources.items.len(), RELEASES, "FluxHelmRelease objects");
+    assert!(resources.items.iter().all(ready));
+    assert_acted_on_once_per_change(&env, 1).await;
+    assert_eq!(
+        orphaned_engines(),
+        Vec::<u32>::new(),
+        "engines without their operator"
+    );
+    let actions = installs_by_a + actions(&b).await + actions(&c).await + actions(&d).await;
+    let unlocked = env
+        .events()
+        .await
+        .iter()
+        .filter(|(reason, _)| reason == "Unlocked")
+        .count();
+    eprintln!(
+        "chaos: {} faults ({}); all {RELEASES} Ready {:.1} s after the last fault ({:.1} s after \
+         the first apply); Helm actions {actions} for {RELEASES} installs (repeated: {}, of which \
+         the killed replica's count is as last scraped before its kill); pending revisions \
+         unlocked: {unlocked}",
+        faults.len(),
+        faults
+            .iter()
+            .map(|f| format!("{} [{} Ready after it]", f.what, f.ready))
+            .collect::<Vec<_>>()
+            .join(", "),
+        recovery.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        actions - RELEASES as f64,
+    );
 }

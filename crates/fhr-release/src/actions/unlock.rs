@@ -45,6 +45,8 @@ mod tests {
             status: HelmStatus::parse("pending-upgrade"),
             owner: None,
             digest: None,
+            actor: None,
+            written: None,
         };
         let told = now(unlock(&helm, "team-web", "team", &latest, None)).unwrap();
         assert_eq!(told.reason, reason::UNLOCKED);

@@ -17,6 +17,7 @@ use fhr_release::desired::Desired;
 use fhr_release::helm::{Helm, HelmError};
 use fhr_release::record;
 use fhr_release::state::{ReleaseState, Step};
+use fhr_runtime::shards::Decision;
 use fhr_types::FluxHelmRelease;
 use fhr_types::meta::{FINALIZER, condition, reason};
 use futures::channel::mpsc::UnboundedSender;
@@ -89,6 +90,8 @@ pub struct Context<H: Helm> {
     pub locks: ReleaseLocks,
     /// Backoff of each resource whose reconcile failed, until one succeeds.
     pub retries: Retries,
+    /// Which releases this replica acts on.
+    pub shards: Arc<crate::shards::Shards>,
 }
 
 /// Per-resource backoff after failed reconciles (the API or storage unreachable): 1 s doubling to
@@ -187,6 +190,10 @@ pub enum Error {
     /// A chart repository could not be reached (reported in status; retried with backoff).
     #[error("{0}")]
     ChartPull(String),
+    /// The release moved to another replica while this one was about to uninstall it (an error,
+    /// so that the finalizer stays for the new owner).
+    #[error("release moved to another replica")]
+    Moved,
 }
 
 impl Error {
@@ -201,6 +208,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer_error",
             Error::Forbidden(_) => "forbidden",
             Error::ChartPull(_) => "chart_pull_error",
+            Error::Moved => "moved",
         }
     }
 }
@@ -233,6 +241,12 @@ pub async fn reconcile<H: Helm>(
     fhr: Arc<FluxHelmRelease>,
     ctx: Arc<Context<H>>,
 ) -> Result<Action, Error> {
+    // Another replica's release is not reconciled here at all, not even counted.
+    match ctx.shards.decide(&fhr) {
+        Decision::Act => {}
+        Decision::Wait(handover) => return Ok(Action::requeue(handover)),
+        Decision::Elsewhere(_) => return Ok(Action::await_change()),
+    }
     let timer = ctx.metrics.reconcile_started();
     let resource = ObjectRef::from_obj(&*fhr);
     let namespace = fhr.namespace().unwrap_or_else(|| "default".into());
@@ -351,6 +365,16 @@ async fn decide_and_act<H: Helm>(
         let Some(latest) = gathered.history.latest().cloned() else {
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
+        if !ctx.shards.may_unlock(&latest, gathered.desired.timeout) {
+            // Another replica's action in flight: it finishes, or that replica's Lease expires.
+            info!(
+                revision = latest.number,
+                status = %latest.status,
+                actor = latest.actor.as_deref().unwrap_or("unknown"),
+                "release pending by a live replica; waiting for it"
+            );
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         let release = gathered.desired.release.clone();
         let told = actions::unlock(
             &ctx.helm,
@@ -450,7 +474,7 @@ async fn act<H: Helm>(
             )
             .await;
     }
-    let labels = record::labels(&gathered.me, &gathered.digest);
+    let labels = record::labels(&gathered.me, &gathered.digest, &ctx.shards.replica);
     let chart_revision = gathered.chart.revision();
     let plan = Plan {
         desired: &gathered.desired,
@@ -462,6 +486,12 @@ async fn act<H: Helm>(
         chart_revision: &chart_revision,
         redactor: &gathered.redactor,
     };
+    // Fencing: the membership may have changed while the facts were gathered.
+    if ctx.shards.decide(report.resource()) != Decision::Act {
+        info!("release moved to another replica; not acting");
+        return Ok(Action::await_change());
+    }
+    report.status.last_action_by = Some(ctx.shards.replica.clone());
     if let Some(verb) = actions::verb(&step) {
         report.progressing(verb).await?;
     }
@@ -559,6 +589,9 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
         Desired::from_resource(fhr, &ctx.settings.charts_path, ctx.settings.default_timeout)
             .map(|d| d.timeout)
             .unwrap_or(ctx.settings.default_timeout);
+    if ctx.shards.decide(fhr) != Decision::Act {
+        return Err(Error::Moved);
+    }
     if let Err((told, source)) =
         actions::uninstall(&ctx.helm, &release, &namespace, timeout, service_account).await
     {

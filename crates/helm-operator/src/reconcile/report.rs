@@ -52,6 +52,11 @@ impl<'a, H: Helm> Report<'a, H> {
         }
     }
 
+    /// The resource being reconciled.
+    pub fn resource(&self) -> &'a FluxHelmRelease {
+        self.fhr
+    }
+
     /// The reconciler's context.
     pub fn ctx(&self) -> &'a Context<H> {
         self.ctx

@@ -1,0 +1,159 @@
+//! Which releases this replica acts on, as `--sharding` says: all of them (`leader`, `off`), or
+//! its share by rendezvous hashing (`auto`, with `fhr_runtime::membership` keeping the ring).
+
+use crate::metrics::Metrics;
+use fhr_release::state::Revision;
+use fhr_runtime::CancellationToken;
+use fhr_runtime::shards::{Decision, Ring};
+use fhr_types::FluxHelmRelease;
+use futures::channel::mpsc::UnboundedSender;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// This replica's share of the releases.
+pub struct Shards {
+    /// This replica's identity, written on the release records and status it writes.
+    pub replica: String,
+    /// The ring, with `--sharding=auto`.
+    ring: Option<Arc<Mutex<Ring>>>,
+    lease: Duration,
+}
+
+/// The key a release is placed by: stable for the resource's life, known before reading it.
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Shards {
+    /// Every release is this replica's (`--sharding=leader|off`).
+    pub fn all(replica: &str) -> Shards {
+        Shards {
+            replica: replica.to_owned(),
+            ring: None,
+            lease: Duration::ZERO,
+        }
+    }
+
+    /// This replica's share of `ring`, whose Leases last `lease` (`--sharding=auto`).
+    pub fn auto(replica: &str, ring: Arc<Mutex<Ring>>, lease: Duration) -> Shards {
+        Shards {
+            replica: replica.to_owned(),
+            ring: Some(ring),
+            lease,
+        }
+    }
+
+    /// Whether this replica may act on `fhr` now.
+    pub fn decide(&self, fhr: &FluxHelmRelease) -> Decision {
+        let Some(ring) = &self.ring else {
+            return Decision::Act;
+        };
+        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.decide(
+            &key(&fhr.namespace().unwrap_or_default(), &fhr.name_any()),
+            Instant::now(),
+        )
+    }
+
+    /// Whether `latest`, left pending, may be marked failed. With one acting replica, a pending
+    /// revision found under the release lock is an interrupted one. With several, it may be
+    /// another replica's action still in flight: only a gone replica's (or this one's) is
+    /// unlocked, and one of unknown origin only once older than `timeout` plus a lease duration.
+    pub fn may_unlock(&self, latest: &Revision, timeout: Duration) -> bool {
+        let Some(ring) = &self.ring else {
+            return true;
+        };
+        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        match (&latest.actor, latest.written) {
+            (Some(actor), _) => ring.actor_gone(actor),
+            (None, Some(written)) => {
+                let age = fhr_runtime::unix_now() - written as f64;
+                age > (timeout + self.lease).as_secs_f64()
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Keeps the share current: after each change of membership (and every few seconds, for
+    /// resources that arrived meanwhile) the releases this replica gained are reconciled, the
+    /// ones it lost are forgotten by the metrics.
+    pub async fn rebalance(
+        &self,
+        store: Store<FluxHelmRelease>,
+        changed: Arc<Notify>,
+        trigger: UnboundedSender<ObjectRef<FluxHelmRelease>>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let mut owned: HashSet<ObjectRef<FluxHelmRelease>> = HashSet::new();
+        let mut was: (bool, BTreeSet<String>) = (false, BTreeSet::new());
+        loop {
+            let (now_owned, members, member) = if let Some(ring) = &self.ring {
+                let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+                let mine = store
+                    .state()
+                    .iter()
+                    .filter(|fhr| {
+                        let key = key(&fhr.namespace().unwrap_or_default(), &fhr.name_any());
+                        ring.owner(&key) == Some(ring.me())
+                    })
+                    .map(|fhr| ObjectRef::from_obj(&**fhr))
+                    .collect::<HashSet<_>>();
+                let member = ring.members().contains(ring.me());
+                (mine, ring.members().clone(), member)
+            } else {
+                let all = store
+                    .state()
+                    .iter()
+                    .map(|fhr| ObjectRef::from_obj(&**fhr))
+                    .collect();
+                (all, BTreeSet::from([self.replica.clone()]), true)
+            };
+            let gained: Vec<_> = now_owned.difference(&owned).cloned().collect();
+            let lost: Vec<_> = owned.difference(&now_owned).cloned().collect();
+            // Resources the watch brings are queued by it; these came by a change of membership.
+            if self.ring.is_some() {
+                for resource in &gained {
+                    let _ = trigger.unbounded_send(resource.clone());
+                }
+            }
+            for resource in &lost {
+                metrics.set_ready(
+                    format!(
+                        "{}/{}",
+                        resource.namespace.as_deref().unwrap_or_default(),
+                        resource.name
+                    ),
+                    None,
+                );
+            }
+            // Joining or leaving, or resources coming and going, are not handovers.
+            let (moved_in, moved_out) = if was.0 && member && was.1 != members {
+                (gained.len(), lost.len())
+            } else {
+                (0, 0)
+            };
+            metrics.shard(now_owned.len(), members.len(), moved_in, moved_out);
+            if self.ring.is_some() && (!gained.is_empty() || !lost.is_empty()) {
+                tracing::info!(
+                    gained = gained.len(),
+                    lost = lost.len(),
+                    owned = now_owned.len(),
+                    members = members.len(),
+                    "share of releases changed"
+                );
+            }
+            was = (member, members);
+            owned = now_owned;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+}
