@@ -157,3 +157,55 @@ impl Shards {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhr_release::state::HelmStatus;
+    use std::collections::BTreeSet;
+
+    const LEASE: Duration = Duration::from_secs(15);
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn pending(actor: Option<&str>, age: Duration) -> Revision {
+        Revision {
+            number: 2,
+            status: HelmStatus::parse("pending-upgrade"),
+            owner: None,
+            digest: None,
+            actor: actor.map(Into::into),
+            written: Some((fhr_runtime::unix_now() - age.as_secs_f64()) as i64),
+        }
+    }
+
+    fn sharded(members: &[&str]) -> Shards {
+        let mut ring = Ring::new("op-a", LEASE, Instant::now());
+        ring.observe(
+            members
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<BTreeSet<_>>(),
+            Instant::now(),
+        );
+        Shards::auto("op-a", Arc::new(Mutex::new(ring)), LEASE)
+    }
+
+    #[test]
+    fn a_live_replicas_pending_action_is_left_alone_and_a_gone_ones_is_unlocked() {
+        let shards = sharded(&["op-a", "op-b"]);
+        let fresh = Duration::from_secs(1);
+        assert!(!shards.may_unlock(&pending(Some("op-b"), fresh), TIMEOUT));
+        assert!(shards.may_unlock(&pending(Some("op-c"), fresh), TIMEOUT));
+        // This replica's own: it holds the release's lock, so no action of its own is running.
+        assert!(shards.may_unlock(&pending(Some("op-a"), fresh), TIMEOUT));
+        // Written by an older operator, with no actor: only once the action must have ended.
+        assert!(!shards.may_unlock(&pending(None, TIMEOUT), TIMEOUT));
+        assert!(shards.may_unlock(&pending(None, TIMEOUT + LEASE * 2), TIMEOUT));
+    }
+
+    #[test]
+    fn with_one_acting_replica_a_pending_revision_is_an_interrupted_one() {
+        let shards = Shards::all("op-a");
+        assert!(shards.may_unlock(&pending(Some("op-b"), Duration::ZERO), TIMEOUT));
+    }
+}

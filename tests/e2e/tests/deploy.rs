@@ -70,6 +70,18 @@ async fn the_kustomization_applies_server_side() {
                 .is_some()
         );
     }
+    // The sharded variant renders: three replicas sharing the releases.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let sharded = e2e::output_ok(
+        std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(deploy.join("variants/sharded")),
+    );
+    let sharded = String::from_utf8_lossy(&sharded.stdout);
+    assert!(
+        sharded.contains("--sharding=auto") && sharded.contains("replicas: 3"),
+        "{sharded}"
+    );
     let accounts: Api<ServiceAccount> = Api::namespaced(client, "flux-helm");
     for account in ["flux-agent", "helm-operator"] {
         assert!(
@@ -98,8 +110,16 @@ async fn each_daemon_does_its_job_with_its_own_service_account_and_the_agent_can
     let agent_args = env.agent_args(&["--state-namespace=flux-helm"]);
     let agent = Daemon::start("flux-agent", &agent_kubeconfig, env.dir.path(), &agent_args);
     agent.wait_ready().await;
-    // Its Role grants Leases in its own namespace only.
-    let operator_args = env.operator_args(cp.tools(), &["--leader-election-namespace=flux-helm"]);
+    // Its Role grants Leases in its own namespace only: enough for the replicas' own Leases of
+    // automatic sharding (deploy/variants/sharded) too.
+    let operator_args = env.operator_args(
+        cp.tools(),
+        &[
+            "--leader-election-namespace=flux-helm",
+            "--sharding=auto",
+            "--lease-duration=5s",
+        ],
+    );
     let operator = Daemon::start(
         "helm-operator",
         &operator_kubeconfig,
