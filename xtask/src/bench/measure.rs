@@ -23,6 +23,14 @@ pub struct ProcessSample {
 }
 
 impl ProcessSample {
+    /// Adds `other`'s figures to these (several replicas counted as one).
+    pub fn add(&mut self, other: &ProcessSample) {
+        self.cpu_seconds += other.cpu_seconds;
+        self.children_cpu_seconds += other.children_cpu_seconds;
+        self.rss_mib += other.rss_mib;
+        self.peak_rss_mib += other.peak_rss_mib;
+    }
+
     /// Reads /proc/<pid>/stat and /proc/<pid>/status.
     pub fn read(pid: u32) -> anyhow::Result<ProcessSample> {
         let stat =

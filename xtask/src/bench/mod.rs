@@ -31,6 +31,8 @@ const NAMESPACE: &str = "bench";
 const BASELINE_NAMESPACE: &str = "bench-baseline";
 /// How often both daemons fetch git: the poll-mode change latency is bounded by it.
 const GIT_POLL: Duration = Duration::from_secs(5);
+/// The replicas' lease duration with `--replicas`.
+const SHARDING_LEASE: Duration = Duration::from_secs(5);
 /// Changes per latency mode.
 const LATENCY_ROUNDS: usize = 3;
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
@@ -72,6 +74,12 @@ pub struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Also converge N releases with each of these numbers of helm-operator replicas (`1,2,3`),
+    /// each on a fresh control plane: one replica leads as deployed by default, several share
+    /// the releases with `--sharding=auto`. On a machine of few cores the figure is what
+    /// coordination costs, not a speed-up.
+    #[arg(long, value_delimiter = ',')]
+    replicas: Vec<usize>,
     /// Leave out the Flux v2 baseline (helm-controller and source-controller, built once from
     /// tools/flux/ on first use: several minutes).
     #[arg(long)]
@@ -100,6 +108,18 @@ pub struct Run {
     flux: Vec<flux::FluxRun>,
     latency: Option<Latency>,
     steady: Option<Steady>,
+    /// The same convergence with several operator replicas (`--replicas`).
+    #[serde(default)]
+    replicas: Vec<ReplicaRun>,
+}
+
+/// Convergence with a number of helm-operator replicas.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicaRun {
+    replicas: usize,
+    /// `--sharding`: `leader` for one replica, `auto` for several.
+    sharding: String,
+    convergence: Convergence,
 }
 
 /// Per-daemon figures.
@@ -206,9 +226,9 @@ struct System {
     cp: ControlPlane,
     client: kube::Client,
     repo: fhr_testenv::TestRepo,
-    operator: OwnedChild,
+    /// helm-operator replicas and their admin addresses (one, unless `--replicas`).
+    operators: Vec<(OwnedChild, SocketAddr)>,
     agent: OwnedChild,
-    operator_admin: SocketAddr,
     agent_admin: SocketAddr,
     audit: AuditCursor,
     // Held for the run: the git server stops when dropped.
@@ -245,14 +265,7 @@ async fn bench(
     };
 
     // One repository for Flux and flux-helm alike: the chart, and later the release config.
-    let git = GitServer::start(GitServerOptions::default()).await?;
-    let repo = git.create_repo("bench", "master")?;
-    repo.copy_dir(&crate::root().join("xtask/bench/charts"), "charts")?;
-    repo.write(
-        "releaseconfig/README.md",
-        "FluxHelmRelease manifests go here.\n",
-    )?;
-    repo.commit("the chart")?;
+    let (git, repo) = bench_repository().await?;
     let mut flux = Vec::new();
     if let Some(binaries) = flux_binaries {
         // Flux's logs (errors only) stay beside the report.
@@ -275,7 +288,7 @@ async fn bench(
         audit.take()?;
     }
 
-    let mut system = System::start(cp, client, args, audit, git, repo).await?;
+    let mut system = System::start(cp, client, args, audit, git, repo, 1).await?;
     let convergence = system.convergence(n).await?;
     let steady = if args.wants(Scenario::Steady) {
         Some(system.steady(args).await?)
@@ -287,7 +300,13 @@ async fn bench(
     } else {
         None
     };
+    drop(system);
+    let mut replicas = Vec::new();
+    for &k in &args.replicas {
+        replicas.push(replica_run(n, k, args).await?);
+    }
     Ok(Run {
+        replicas,
         releases: n,
         commit: report::commit(),
         engine: Some(args.engine.clone()),
@@ -296,6 +315,41 @@ async fn bench(
         flux,
         latency,
         steady,
+    })
+}
+
+/// A git server with the bench chart under `charts/` and an empty `releaseconfig/`.
+async fn bench_repository() -> anyhow::Result<(GitServer, fhr_testenv::TestRepo)> {
+    let git = GitServer::start(GitServerOptions::default()).await?;
+    let repo = git.create_repo("bench", "master")?;
+    repo.copy_dir(&crate::root().join("xtask/bench/charts"), "charts")?;
+    repo.write(
+        "releaseconfig/README.md",
+        "FluxHelmRelease manifests go here.\n",
+    )?;
+    repo.commit("the chart")?;
+    Ok((git, repo))
+}
+
+/// N releases converged by `k` operator replicas on a fresh control plane.
+async fn replica_run(n: usize, k: usize, args: &Args) -> anyhow::Result<ReplicaRun> {
+    anyhow::ensure!(k > 0, "--replicas needs positive numbers");
+    step(&format!("replicas: {n} releases, {k} helm-operator replica(s)"));
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        audit: fhr_testenv::Audit::Everything,
+    })
+    .await
+    .context("start the control plane")?;
+    let client = bench_client(&cp).await?;
+    crate::demo::install_crd(&client).await?;
+    fhr_testenv::create_namespace(&client, NAMESPACE).await?;
+    let audit = AuditCursor::at_end(&cp.audit_log());
+    let (git, repo) = bench_repository().await?;
+    let mut system = System::start(cp, client, args, audit, git, repo, k).await?;
+    Ok(ReplicaRun {
+        replicas: k,
+        sharding: if k > 1 { "auto" } else { "leader" }.to_owned(),
+        convergence: system.convergence(n).await?,
     })
 }
 
@@ -367,6 +421,15 @@ fn release_config(n: usize, note: &str) -> String {
     yaml
 }
 
+/// The sum of every sample of a metric of the daemon at `admin`.
+async fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let (code, body) = fhr_testenv::http::request(admin, "GET", "/metrics", &[], b"")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(code == 200, "/metrics answered {code}");
+    Ok(fhr_testenv::prometheus::sum(&body, name))
+}
+
 fn is_ready(fhr: &FluxHelmRelease) -> bool {
     fhr.condition("Ready").is_some_and(|c| c.status == "True")
         && fhr.status.as_ref().is_some_and(|s| s.revision.is_some())
@@ -380,6 +443,7 @@ impl System {
         audit: AuditCursor,
         git: GitServer,
         repo: fhr_testenv::TestRepo,
+        replicas: usize,
     ) -> anyhow::Result<System> {
         let url = git.url("bench");
         let binaries = crate::demo::target_dir("release");
@@ -387,12 +451,12 @@ impl System {
         std::fs::create_dir_all(&logs)?;
         let secret = cp.dir().join("webhook-secret");
         std::fs::write(&secret, WEBHOOK_SECRET)?;
-        let [agent_port, operator_port] = fhr_testenv::free_ports::<2>()?;
-        let agent_admin = SocketAddr::from(([127, 0, 0, 1], agent_port));
-        let operator_admin = SocketAddr::from(([127, 0, 0, 1], operator_port));
+        let agent_admin = SocketAddr::from(([127, 0, 0, 1], fhr_testenv::free_port()?));
         let poll = format!("--git-poll-interval={}s", GIT_POLL.as_secs());
         let recheck = format!("{}s", args.recheck.as_secs());
-        step("starting flux-agent and helm-operator (release builds)");
+        step(&format!(
+            "starting flux-agent and {replicas} helm-operator replica(s) (release builds)"
+        ));
         let agent = crate::demo::spawn_daemon(
             &binaries,
             "flux-agent",
@@ -410,44 +474,72 @@ impl System {
                 format!("--state-dir={}", cp.dir().join("agent").display()),
             ],
         )?;
-        let operator = crate::demo::spawn_daemon(
-            &binaries,
-            "helm-operator",
-            &cp,
-            &logs,
-            &[
+        let mut operators = Vec::new();
+        for replica in 0..replicas {
+            let admin = SocketAddr::from(([127, 0, 0, 1], fhr_testenv::free_port()?));
+            let mut flags = vec![
                 format!("--git-url={url}"),
-                poll,
+                poll.clone(),
                 format!("--charts-sync-interval={recheck}"),
                 format!("--workers={}", args.workers),
-                format!("--listen={operator_admin}"),
+                format!("--listen={admin}"),
                 format!("--helm-engine={}", args.engine),
                 format!("--helm-engine-bin={}", cp.tools().engine.display()),
                 format!("--helm-bin={}", cp.tools().helm.display()),
-                format!("--state-dir={}", cp.dir().join("operator").display()),
-            ],
-        )?;
+                format!("--state-dir={}", cp.dir().join(format!("operator-{replica}")).display()),
+            ];
+            if replicas > 1 {
+                flags.extend([
+                    "--sharding=auto".to_owned(),
+                    format!("--lease-duration={}s", SHARDING_LEASE.as_secs()),
+                ]);
+            }
+            let operator =
+                crate::demo::spawn_daemon(&binaries, "helm-operator", &cp, &logs, &flags)?;
+            operators.push((operator, admin));
+        }
         let system = System {
             cp,
             client,
             repo,
-            operator,
+            operators,
             agent,
-            operator_admin,
             agent_admin,
             audit,
             _git: git,
         };
         system.wait_ready().await?;
+        if replicas > 1 {
+            system.wait_shared(replicas).await?;
+        }
         Ok(system)
+    }
+
+    /// Waits until every replica sees all `replicas` members, then one lease duration more, for
+    /// the fence every joining replica keeps: set-up, not part of what is measured.
+    async fn wait_shared(&self, replicas: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (operator, admin) in &self.operators {
+            loop {
+                self.check_running()?;
+                if metric(*admin, "fhr_operator_shard_members").await.ok() == Some(replicas as f64) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{replicas} replicas never saw each other:\n{}", operator.log_tail(20));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        tokio::time::sleep(SHARDING_LEASE).await;
+        Ok(())
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        for (daemon, admin) in [
-            (&self.agent, self.agent_admin),
-            (&self.operator, self.operator_admin),
-        ] {
+        let daemons = std::iter::once((&self.agent, self.agent_admin))
+            .chain(self.operators.iter().map(|(operator, admin)| (operator, *admin)));
+        for (daemon, admin) in daemons {
             loop {
                 self.check_running()?;
                 if let Ok((200, _)) =
@@ -465,7 +557,7 @@ impl System {
     }
 
     fn check_running(&self) -> anyhow::Result<()> {
-        for daemon in [&self.agent, &self.operator] {
+        for daemon in std::iter::once(&self.agent).chain(self.operators.iter().map(|(o, _)| o)) {
             if !daemon.is_running() {
                 bail!("{} exited:\n{}", daemon.name(), daemon.log_tail(30));
             }
@@ -474,21 +566,22 @@ impl System {
     }
 
     fn samples(&self) -> anyhow::Result<(ProcessSample, ProcessSample)> {
-        Ok((
-            // The engine is the operator's child: its CPU and memory count as the operator's.
-            ProcessSample::read_with_children(self.operator.id())?,
-            ProcessSample::read(self.agent.id())?,
-        ))
+        // The engine is the operator's child: its CPU and memory count as the operator's. With
+        // several replicas, their CPU and memory add up: what the cluster pays.
+        let mut operators = ProcessSample::default();
+        for (operator, _) in &self.operators {
+            operators.add(&ProcessSample::read_with_children(operator.id())?);
+        }
+        Ok((operators, ProcessSample::read(self.agent.id())?))
     }
 
-    /// The sum of every sample of an operator metric (all label sets).
+    /// The sum of every sample of an operator metric (all label sets, all replicas).
     async fn operator_metric(&self, name: &str) -> anyhow::Result<f64> {
-        let (code, body) =
-            fhr_testenv::http::request(self.operator_admin, "GET", "/metrics", &[], b"")
-                .await
-                .map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(code == 200, "operator /metrics answered {code}");
-        Ok(fhr_testenv::prometheus::sum(&body, name))
+        let mut sum = 0.0;
+        for (_, admin) in &self.operators {
+            sum += metric(*admin, name).await?;
+        }
+        Ok(sum)
     }
 
     /// Helm processes the operator has started so far.
@@ -545,7 +638,7 @@ impl System {
                 bail!(
                     "only {} of {n} releases Ready after {deadline:?}; operator log:\n{}",
                     ready.len(),
-                    self.operator.log_tail(20)
+                    self.operators[0].0.log_tail(20)
                 );
             };
             match event? {

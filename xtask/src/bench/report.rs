@@ -215,6 +215,30 @@ fn markdown(machine: &Machine, args: &Args, runs: &[Run]) -> String {
             ratio(api as f64, b.api_requests as f64),
         );
     }
+    if runs.iter().any(|r| !r.replicas.is_empty()) {
+        md.push_str("\n## Replicas: N releases → all Ready, by number of helm-operator replicas\n\nEach on a fresh control plane; one replica leads (`--sharding=leader`), several share the releases (`--sharding=auto`). CPU and peak RSS add up over the replicas and their engines. On a machine of few cores this is what coordination costs, not a speed-up.\n\n| N | replicas | sharding | time s | Helm actions | CPU s: operators + engines + agent | CPU s per release | peak RSS MiB, all operators | helm-operator API requests |\n|---|---|---|---|---|---|---|---|---|\n");
+        for run in runs {
+            for r in &run.replicas {
+                let c = &r.convergence;
+                let cpu = c.cpu_seconds.operator + c.helm_cpu_seconds + c.cpu_seconds.agent;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.1} | {} | {:.1} + {:.1} + {:.1} | {:.3} | {:.0} | {} |",
+                    run.releases,
+                    r.replicas,
+                    r.sharding,
+                    c.seconds,
+                    c.helm_processes,
+                    c.cpu_seconds.operator,
+                    c.helm_cpu_seconds,
+                    c.cpu_seconds.agent,
+                    cpu / run.releases as f64,
+                    c.peak_rss_mib.operator,
+                    requests(&c.api_requests, ApiClient::HelmOperator),
+                );
+            }
+        }
+    }
     if runs.iter().any(|r| !r.flux.is_empty()) {
         md.push_str("\n## Against Flux v2 and the helm loop: N releases → all Ready\n\nFlux is upstream helm-controller and source-controller (`--concurrent` = our `--workers`), run on the same control plane against the same git repository and chart in the same run, once with its defaults and once with `install/upgrade.disableOpenAPIValidation`. CPU counts helm-operator + its Helm engine (or helm processes) + flux-agent for flux-helm, helm-controller + source-controller for Flux. Ratios are flux-helm ÷ the other.\n\n| N | Helm | flux-helm s | Flux defaults s (ratio) | Flux no-OpenAPI s (ratio) | helm loop s (ratio) | CPU s per release: flux-helm / Flux defaults / Flux no-OpenAPI / helm loop | peak RSS MiB: operator + engine / Flux (both controllers) |\n|---|---|---|---|---|---|---|---|\n");
         for run in runs.iter().filter(|r| !r.flux.is_empty()) {
