@@ -95,7 +95,7 @@ const LEASE: Duration = Duration::from_secs(6);
 const CONVERGE: Duration = Duration::from_secs(600);
 
 /// The two 300-release tests run one at a time: together they would starve each other.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A chart as small as charts come (one ConfigMap), so that 300 releases measure coordination,
 /// not rendering.
@@ -268,7 +268,7 @@ async fn wait_shares_settle(replicas: &[&Daemon], members: usize) -> Vec<f64> {
 
 #[tokio::test]
 async fn replicas_split_releases_and_hand_them_over_without_acting_twice() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = HEAVY.lock().await;
     let env = OperatorEnv::new("auto").await;
     add_tiny_chart(&env);
     let mut a = start_replica(&env, "a", &[]);
@@ -410,7 +410,7 @@ async fn ready_count(env: &OperatorEnv) -> usize {
 
 #[tokio::test]
 async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = HEAVY.lock().await;
     // Its own control plane: this test kills the API server and stops etcd.
     let cp: &'static e2e::ControlPlane = Box::leak(Box::new(
         e2e::ControlPlane::start().await.expect("a control plane"),

@@ -334,7 +334,9 @@ async fn bench_repository() -> anyhow::Result<(GitServer, fhr_testenv::TestRepo)
 /// N releases converged by `k` operator replicas on a fresh control plane.
 async fn replica_run(n: usize, k: usize, args: &Args) -> anyhow::Result<ReplicaRun> {
     anyhow::ensure!(k > 0, "--replicas needs positive numbers");
-    step(&format!("replicas: {n} releases, {k} helm-operator replica(s)"));
+    step(&format!(
+        "replicas: {n} releases, {k} helm-operator replica(s)"
+    ));
     let cp = ControlPlane::start_with(ControlPlaneOptions {
         audit: fhr_testenv::Audit::Everything,
     })
@@ -486,7 +488,10 @@ impl System {
                 format!("--helm-engine={}", args.engine),
                 format!("--helm-engine-bin={}", cp.tools().engine.display()),
                 format!("--helm-bin={}", cp.tools().helm.display()),
-                format!("--state-dir={}", cp.dir().join(format!("operator-{replica}")).display()),
+                format!(
+                    "--state-dir={}",
+                    cp.dir().join(format!("operator-{replica}")).display()
+                ),
             ];
             if replicas > 1 {
                 flags.extend([
@@ -522,11 +527,15 @@ impl System {
         for (operator, admin) in &self.operators {
             loop {
                 self.check_running()?;
-                if metric(*admin, "fhr_operator_shard_members").await.ok() == Some(replicas as f64) {
+                if metric(*admin, "fhr_operator_shard_members").await.ok() == Some(replicas as f64)
+                {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("{replicas} replicas never saw each other:\n{}", operator.log_tail(20));
+                    bail!(
+                        "{replicas} replicas never saw each other:\n{}",
+                        operator.log_tail(20)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -537,8 +546,11 @@ impl System {
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let daemons = std::iter::once((&self.agent, self.agent_admin))
-            .chain(self.operators.iter().map(|(operator, admin)| (operator, *admin)));
+        let daemons = std::iter::once((&self.agent, self.agent_admin)).chain(
+            self.operators
+                .iter()
+                .map(|(operator, admin)| (operator, *admin)),
+        );
         for (daemon, admin) in daemons {
             loop {
                 self.check_running()?;
