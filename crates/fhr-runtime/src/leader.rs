@@ -98,24 +98,9 @@ impl Elector {
     /// Takes or renews the Lease if it is free, expired or ours; Ok(false) when another holds it.
     async fn try_take(&self) -> Result<bool, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let seconds = i32::try_from(self.duration.as_secs())
-            .unwrap_or(i32::MAX)
-            .max(1);
+        let seconds = lease_seconds(self.duration);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
+            let lease = new_lease(&self.name, None, &self.identity, self.duration);
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -176,6 +161,36 @@ impl Elector {
             Ok(_) => info!(lease = %self.name, "released the Lease"),
             Err(e) => warn!(lease = %self.name, error = %e, "cannot release the Lease"),
         }
+    }
+}
+
+/// A Lease's duration in whole seconds, as the API has it (at least 1).
+pub(crate) fn lease_seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs()).unwrap_or(i32::MAX).max(1)
+}
+
+/// A Lease `name` (with `labels`) held by `identity` from now, for `duration`.
+pub(crate) fn new_lease(
+    name: &str,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    identity: &str,
+    duration: Duration,
+) -> Lease {
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels,
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(identity.to_owned()),
+            lease_duration_seconds: Some(lease_seconds(duration)),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: Some(0),
+            ..Default::default()
+        }),
     }
 }
 

@@ -17,10 +17,10 @@
 use crate::shards::Ring;
 use fhr_types::naming::label_value;
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -272,9 +272,7 @@ impl Membership {
     /// Creates or renews this replica's Lease.
     async fn renew(&self) -> Result<(), kube::Error> {
         let now = MicroTime(Timestamp::now());
-        let seconds = i32::try_from(self.duration.as_secs())
-            .unwrap_or(i32::MAX)
-            .max(1);
+        let seconds = crate::leader::lease_seconds(self.duration);
         let patch = serde_json::json!({
             "spec": {
                 "holderIdentity": self.identity,
@@ -290,23 +288,9 @@ impl Membership {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             other => return other.map(drop),
         }
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(self.lease.clone()),
-                labels: Some(BTreeMap::from([(
-                    MEMBER_OF_LABEL.to_owned(),
-                    label_value(&self.group),
-                )])),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(self.identity.clone()),
-                lease_duration_seconds: Some(seconds),
-                acquire_time: Some(now.clone()),
-                renew_time: Some(now),
-                ..Default::default()
-            }),
-        };
+        let labels = BTreeMap::from([(MEMBER_OF_LABEL.to_owned(), label_value(&self.group))]);
+        let lease =
+            crate::leader::new_lease(&self.lease, Some(labels), &self.identity, self.duration);
         self.api
             .create(&PostParams::default(), &lease)
             .await

@@ -23,6 +23,18 @@ async fn label(env: &OperatorEnv, name: &str, shard: Option<&str>) {
         .unwrap();
 }
 
+/// Runs the operator with `flags`, which it must refuse at once; its standard error.
+fn refused(env: &OperatorEnv, flags: &[&str]) -> String {
+    let output = std::process::Command::new(e2e::daemon_binary("helm-operator"))
+        .args(env.operator_args(flags))
+        .arg("--listen=127.0.0.1:0")
+        .env("KUBECONFIG", env.cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{flags:?} accepted");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn two_operators_with_disjoint_selectors_each_act_only_on_their_own_releases() {
     let mut env = OperatorEnv::new("shards").await;
@@ -36,14 +48,7 @@ async fn two_operators_with_disjoint_selectors_each_act_only_on_their_own_releas
         label(&env, name, shard).await;
     }
     // A selector the API server cannot parse stops the operator at once, naming the flag.
-    let refused = std::process::Command::new(e2e::daemon_binary("helm-operator"))
-        .args(env.operator_args(&["--watch-label-selector=in (("]))
-        .arg("--listen=127.0.0.1:0")
-        .env("KUBECONFIG", env.cp.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = refused(&env, &["--watch-label-selector=in (("]);
     assert!(stderr.contains("--watch-label-selector"), "{stderr}");
 
     env.start_operator(&[&format!("--watch-label-selector={SHARD_KEY} in (shard1)")])
@@ -277,19 +282,9 @@ async fn replicas_split_releases_and_hand_them_over_without_acting_twice() {
     for replica in [&a, &b, &c] {
         replica.wait_ready().await;
     }
-    // --sharding=auto needs Leases: refused with election turned off, naming both flags.
-    let refused = std::process::Command::new(e2e::daemon_binary("helm-operator"))
-        .args(env.operator_args(&["--sharding=auto", "--leader-election=false"]))
-        .arg("--listen=127.0.0.1:0")
-        .env("KUBECONFIG", env.cp.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--sharding=auto"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    // --sharding=auto needs Leases: refused with election turned off, naming the flag.
+    let stderr = refused(&env, &["--sharding=auto", "--leader-election=false"]);
+    assert!(stderr.contains("--sharding=auto"), "{stderr}");
 
     // Three replicas, 300 releases: each acts on its share, about a third.
     apply_all(&env, 1).await;
@@ -388,6 +383,13 @@ struct Fault {
     ready: usize,
 }
 
+/// Records that fault `what` ended now.
+async fn record(faults: &mut Vec<Fault>, what: &'static str, env: &OperatorEnv) {
+    let ended = Instant::now();
+    let ready = ready_count(env).await;
+    faults.push(Fault { what, ended, ready });
+}
+
 /// Waits until at least `count` resources are Ready.
 async fn wait_ready_count(env: &OperatorEnv, count: usize) {
     e2e::eventually(&format!("{count} releases Ready"), CONVERGE, || async {
@@ -435,11 +437,7 @@ async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
     cp.restart_apiserver()
         .await
         .expect("the API server restarts");
-    faults.push(Fault {
-        what: "SIGKILL kube-apiserver, restarted",
-        ended: Instant::now(),
-        ready: ready_count(&env).await,
-    });
+    record(&mut faults, "SIGKILL kube-apiserver, restarted", &env).await;
 
     under_way = faults.last().unwrap().ready + 20;
     wait_ready_count(&env, under_way).await;
@@ -447,11 +445,7 @@ async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
     fhr_testenv::process::signal(cp.etcd_pid(), libc::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(10)).await;
     fhr_testenv::process::signal(cp.etcd_pid(), libc::SIGCONT);
-    faults.push(Fault {
-        what: "SIGSTOP etcd for 10 s",
-        ended: Instant::now(),
-        ready: ready_count(&env).await,
-    });
+    record(&mut faults, "SIGSTOP etcd for 10 s", &env).await;
 
     // git answers 503 for 30 s, and meanwhile a replica is killed in the middle of its work.
     under_way = faults.last().unwrap().ready + 20;
@@ -464,19 +458,11 @@ async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
         .await
         .unwrap_or(0.0);
     a.process.kill();
-    faults.push(Fault {
-        what: "SIGKILL one replica",
-        ended: Instant::now(),
-        ready: ready_count(&env).await,
-    });
+    record(&mut faults, "SIGKILL one replica", &env).await;
     // A fourth replica joins while git is still down and releases still converge.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let d = start_replica(&env, "d", &["--workers=1"]);
-    faults.push(Fault {
-        what: "a 4th replica added",
-        ended: Instant::now(),
-        ready: ready_count(&env).await,
-    });
+    record(&mut faults, "a 4th replica added", &env).await;
     // The faults hit releases still converging, or this test proves little.
     assert!(
         faults.iter().all(|f| f.ready < RELEASES),
@@ -486,11 +472,7 @@ async fn faults_under_load_leave_nothing_stuck_and_nothing_done_twice() {
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(git_down.elapsed())).await;
     env.git
         .set_behaviour(fhr_testenv::GitServerBehaviour::Normal);
-    faults.push(Fault {
-        what: "git 503 for 30 s",
-        ended: Instant::now(),
-        ready: ready_count(&env).await,
-    });
+    record(&mut faults, "git 503 for 30 s", &env).await;
     d.wait_ready().await;
 
     wait_all_ready_at(&env, 1, &[&b, &c, &d]).await;

@@ -240,16 +240,7 @@ async fn bench(
     args: &Args,
     flux_binaries: Option<&(PathBuf, PathBuf)>,
 ) -> anyhow::Result<Run> {
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        audit: fhr_testenv::Audit::Everything,
-    })
-    .await
-    .context("start the control plane")?;
-    let client = bench_client(&cp).await?;
-    crate::demo::install_crd(&client).await?;
-    for namespace in [NAMESPACE, BASELINE_NAMESPACE] {
-        fhr_testenv::create_namespace(&client, namespace).await?;
-    }
+    let (cp, client) = bench_control_plane(&[NAMESPACE, BASELINE_NAMESPACE]).await?;
     let chart = crate::root().join("xtask/bench/charts/bench");
     let mut audit = AuditCursor::at_end(&cp.audit_log());
 
@@ -318,6 +309,21 @@ async fn bench(
     })
 }
 
+/// A fresh control plane auditing every request, with the CRD and `namespaces`, and a client.
+async fn bench_control_plane(namespaces: &[&str]) -> anyhow::Result<(ControlPlane, kube::Client)> {
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        audit: fhr_testenv::Audit::Everything,
+    })
+    .await
+    .context("start the control plane")?;
+    let client = bench_client(&cp).await?;
+    crate::demo::install_crd(&client).await?;
+    for namespace in namespaces {
+        fhr_testenv::create_namespace(&client, namespace).await?;
+    }
+    Ok((cp, client))
+}
+
 /// A git server with the bench chart under `charts/` and an empty `releaseconfig/`.
 async fn bench_repository() -> anyhow::Result<(GitServer, fhr_testenv::TestRepo)> {
     let git = GitServer::start(GitServerOptions::default()).await?;
@@ -337,14 +343,7 @@ async fn replica_run(n: usize, k: usize, args: &Args) -> anyhow::Result<ReplicaR
     step(&format!(
         "replicas: {n} releases, {k} helm-operator replica(s)"
     ));
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        audit: fhr_testenv::Audit::Everything,
-    })
-    .await
-    .context("start the control plane")?;
-    let client = bench_client(&cp).await?;
-    crate::demo::install_crd(&client).await?;
-    fhr_testenv::create_namespace(&client, NAMESPACE).await?;
+    let (cp, client) = bench_control_plane(&[NAMESPACE]).await?;
     let audit = AuditCursor::at_end(&cp.audit_log());
     let (git, repo) = bench_repository().await?;
     let mut system = System::start(cp, client, args, audit, git, repo, k).await?;
