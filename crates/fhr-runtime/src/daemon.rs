@@ -103,6 +103,11 @@ impl Daemon {
         true
     }
 
+    /// Cancelled when this replica loses the Lease it leads by (`None` before [`Daemon::lead`]).
+    pub fn leadership_lost(&self) -> Option<CancellationToken> {
+        self.lost.clone()
+    }
+
     /// Stops in order: not ready, every task told to stop, the admin server joined. An error if
     /// the daemon stopped because it lost the Lease, so that it restarts as a standby.
     pub async fn finish(self) -> Result<(), DaemonError> {

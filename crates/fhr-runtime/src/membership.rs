@@ -64,6 +64,8 @@ pub struct Membership {
     lease: String,
     duration: Duration,
     ring: Arc<Mutex<Ring>>,
+    /// Whether this replica is a member now (renewing its Lease and seeing it renewed).
+    member: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Membership {
@@ -82,7 +84,14 @@ impl Membership {
             lease: lease_name(group, identity),
             duration,
             ring: Arc::new(Mutex::new(Ring::new(identity, duration, Instant::now()))),
+            member: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Follows whether this replica is a member: false from the moment it cannot renew its own
+    /// Lease in time, when whatever it is doing must stop before others take its releases.
+    pub fn member(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.member.subscribe()
     }
 
     /// The ring this membership keeps up to date.
@@ -156,6 +165,8 @@ impl Membership {
                 warn!(lease = %self.lease, "own Lease not renewed in time: acting on nothing until it is");
             }
             was_live = me_live;
+            self.member
+                .send_if_modified(|member| std::mem::replace(member, me_live) != me_live);
             let live = self.live(&seen, me_live, now);
             let did_change = self
                 .ring

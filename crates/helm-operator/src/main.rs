@@ -113,9 +113,16 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
             if !daemon.lead(&config.leader, lease_namespace, &lease).await {
                 return Ok(());
             }
-            shards::Shards::all(&replica)
+            let (acting, leading) = tokio::sync::watch::channel(true);
+            if let Some(lost) = daemon.leadership_lost() {
+                tokio::spawn(async move {
+                    lost.cancelled().await;
+                    let _ = acting.send(false);
+                });
+            }
+            shards::Shards::all(&replica, leading)
         }
-        config::Sharding::Off => shards::Shards::all(&replica),
+        config::Sharding::Off => shards::Shards::all(&replica, tokio::sync::watch::channel(true).1),
         config::Sharding::Auto => {
             let joined = fhr_runtime::membership::Membership::new(
                 client.clone(),
@@ -124,9 +131,9 @@ async fn operate(config: config::Config) -> anyhow::Result<()> {
                 &replica,
                 config.leader.lease_duration,
             );
-            let ring = joined.ring();
+            let (ring, member) = (joined.ring(), joined.member());
             membership = Some(joined);
-            shards::Shards::auto(&replica, ring, config.leader.lease_duration)
+            shards::Shards::auto(&replica, ring, config.leader.lease_duration, member)
         }
     };
     // Started once this replica leads: a standby runs no engine.

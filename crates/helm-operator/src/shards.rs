@@ -12,7 +12,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// This replica's share of the releases.
 pub struct Shards {
@@ -21,6 +21,9 @@ pub struct Shards {
     /// The ring, with `--sharding=auto`.
     ring: Option<Arc<Mutex<Ring>>>,
     lease: Duration,
+    /// False once this replica may not act at all: it lost the leader's Lease, or cannot renew
+    /// its member Lease.
+    acting: watch::Receiver<bool>,
 }
 
 /// The key a release is placed by: stable for the resource's life, known before reading it.
@@ -29,21 +32,40 @@ fn key(namespace: &str, name: &str) -> String {
 }
 
 impl Shards {
-    /// Every release is this replica's (`--sharding=leader|off`).
-    pub fn all(replica: &str) -> Shards {
+    /// Every release is this replica's while `acting` (`--sharding=leader|off`).
+    pub fn all(replica: &str, acting: watch::Receiver<bool>) -> Shards {
         Shards {
             replica: replica.to_owned(),
             ring: None,
             lease: Duration::ZERO,
+            acting,
         }
     }
 
-    /// This replica's share of `ring`, whose Leases last `lease` (`--sharding=auto`).
-    pub fn auto(replica: &str, ring: Arc<Mutex<Ring>>, lease: Duration) -> Shards {
+    /// This replica's share of `ring`, whose Leases last `lease`, while it is a member
+    /// (`--sharding=auto`).
+    pub fn auto(
+        replica: &str,
+        ring: Arc<Mutex<Ring>>,
+        lease: Duration,
+        member: watch::Receiver<bool>,
+    ) -> Shards {
         Shards {
             replica: replica.to_owned(),
             ring: Some(ring),
             lease,
+            acting: member,
+        }
+    }
+
+    /// Resolves when this replica may no longer act at all. A Helm action in flight then is
+    /// abandoned (the engine cancels it): the others are about to count this replica gone and
+    /// take over, and its pending revision is theirs to unlock.
+    pub async fn fenced(&self) {
+        let mut acting = self.acting.clone();
+        if acting.wait_for(|acting| !*acting).await.is_err() {
+            // Nobody can fence this replica any more (no coordination): never.
+            std::future::pending::<()>().await;
         }
     }
 
@@ -187,7 +209,8 @@ mod tests {
                 .collect::<BTreeSet<_>>(),
             Instant::now(),
         );
-        Shards::auto("op-a", Arc::new(Mutex::new(ring)), LEASE)
+        let (_, member) = watch::channel(true);
+        Shards::auto("op-a", Arc::new(Mutex::new(ring)), LEASE, member)
     }
 
     #[test]
@@ -205,7 +228,31 @@ mod tests {
 
     #[test]
     fn with_one_acting_replica_a_pending_revision_is_an_interrupted_one() {
-        let shards = Shards::all("op-a");
+        let (_, acting) = watch::channel(true);
+        let shards = Shards::all("op-a", acting);
         assert!(shards.may_unlock(&pending(Some("op-b"), Duration::ZERO), TIMEOUT));
+    }
+
+    #[tokio::test]
+    async fn an_action_is_fenced_when_the_replica_stops_being_a_member_and_never_without() {
+        let (member, acting) = watch::channel(true);
+        let shards = Shards::auto(
+            "op-a",
+            Arc::new(Mutex::new(Ring::new("op-a", LEASE, Instant::now()))),
+            LEASE,
+            acting,
+        );
+        let action = std::future::pending::<()>();
+        member.send(false).unwrap();
+        tokio::select! {
+            () = action => unreachable!(),
+            () = shards.fenced() => {}
+        }
+        // With no coordination (the sender gone), nothing fences.
+        let (gone, acting) = watch::channel(true);
+        drop(gone);
+        let shards = Shards::all("op-a", acting);
+        let fenced = tokio::time::timeout(Duration::from_millis(50), shards.fenced()).await;
+        assert!(fenced.is_err(), "fenced with nobody to fence it");
     }
 }

@@ -190,9 +190,10 @@ pub enum Error {
     /// A chart repository could not be reached (reported in status; retried with backoff).
     #[error("{0}")]
     ChartPull(String),
-    /// The release moved to another replica while this one was about to uninstall it (an error,
-    /// so that the finalizer stays for the new owner).
-    #[error("release moved to another replica")]
+    /// This replica stopped acting on the release before or during its uninstall (it moved to
+    /// another replica, or this one lost its Lease): an error, so that the finalizer stays for
+    /// whoever acts on it now.
+    #[error("this replica no longer acts on the release")]
     Moved,
 }
 
@@ -495,7 +496,14 @@ async fn act<H: Helm>(
     if let Some(verb) = actions::verb(&step) {
         report.progressing(verb).await?;
     }
-    let Some(done) = actions::take(&ctx.helm, &step, &plan).await else {
+    let taken = tokio::select! {
+        taken = actions::take(&ctx.helm, &step, &plan) => taken,
+        () = ctx.shards.fenced() => {
+            warn!(?step, "this replica lost its Lease mid-action; the action is abandoned");
+            return Ok(Action::await_change());
+        }
+    };
+    let Some(done) = taken else {
         return Ok(Action::requeue(ctx.settings.sync_interval));
     };
     let revision = match &done.result {
@@ -592,9 +600,11 @@ async fn cleanup<H: Helm>(fhr: &FluxHelmRelease, ctx: &Context<H>) -> Result<Act
     if ctx.shards.decide(fhr) != Decision::Act {
         return Err(Error::Moved);
     }
-    if let Err((told, source)) =
-        actions::uninstall(&ctx.helm, &release, &namespace, timeout, service_account).await
-    {
+    let uninstalled = tokio::select! {
+        result = actions::uninstall(&ctx.helm, &release, &namespace, timeout, service_account) => result,
+        () = ctx.shards.fenced() => return Err(Error::Moved),
+    };
+    if let Err((told, source)) = uninstalled {
         let event = kube::runtime::events::Event {
             type_: EventType::Warning,
             reason: told.reason.into(),
