@@ -8,7 +8,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,13 +64,12 @@ pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// at most [`MAX_CONNECTIONS`] connections, each closed after [`HEADER_READ_TIMEOUT`] without a
 /// complete request head or after [`MAX_CONNECTION_LIFETIME`].
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     health: Arc<Health>,
     extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
     let router = Router::new()
         .route("/metrics", get(metrics))

@@ -58,8 +58,17 @@ impl Daemon {
         let shutdown = shutdown::on_signal();
         let health = Arc::new(Health::default());
         health.set_not_ready("starting");
+        // Bound here, so that a port already taken stops the daemon at once, naming it.
+        let listener = tokio::net::TcpListener::bind(serve.listen)
+            .await
+            .map_err(|e| {
+                DaemonError::Admin(std::io::Error::new(
+                    e.kind(),
+                    format!("--listen {}: {e}", serve.listen),
+                ))
+            })?;
         let admin = tokio::spawn(admin::serve(
-            serve.listen,
+            listener,
             Arc::new(registry),
             health.clone(),
             routes,

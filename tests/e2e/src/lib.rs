@@ -214,9 +214,42 @@ pub fn copy_fixture(repo: &fhr_testenv::TestRepo, from: &str, to: &str, replace:
     }
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    fhr_testenv::free_port().expect("a free loopback port")
+/// The admin address a daemon logged it listens on (`admin server listening addr=…`, in text
+/// or JSON logs); fails the test if the daemon exits or says nothing for 30 s.
+fn listening_address(process: &mut fhr_testenv::OwnedChild, log: &Path) -> std::net::SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter(|line| line.contains("admin server listening"))
+            .find_map(|line| {
+                let (_, rest) = line
+                    .split_once("addr=")
+                    .or_else(|| line.split_once("\"addr\":\""))?;
+                rest.split(|c: char| c == '"' || c.is_whitespace())
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+        if let Some(addr) = found {
+            return addr;
+        }
+        if let Some(status) = process.try_wait() {
+            panic!(
+                "{} exited ({status}) before listening:\n{}",
+                process.name(),
+                process.log_tail(40)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never said where it listens:\n{}",
+            process.name(),
+            process.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs a command to completion and fails the test with its error output if it fails.
@@ -233,19 +266,23 @@ pub fn output_ok(command: &mut std::process::Command) -> std::process::Output {
 
 impl Daemon {
     /// Starts `name` (`helm-operator` or `flux-agent`) with `args`, `KUBECONFIG` set to
-    /// `kubeconfig`, its admin server on a free port, and its log in `dir`.
+    /// `kubeconfig`, its admin server on a port of its own choosing, and its log in `dir`.
     pub fn start(name: &'static str, kubeconfig: &Path, dir: &Path, args: &[String]) -> Daemon {
-        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut command = std::process::Command::new(daemon_binary(name));
+        // Port 0, read back from the log: a port picked here and bound later by the daemon
+        // could be taken in between by another test's daemon or a client socket.
         command
             .args(args)
-            .arg(format!("--listen={admin}"))
+            .arg("--listen=127.0.0.1:0")
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,helm_operator=debug,flux_agent=debug")
             .env_remove("GIT_URL");
-        let log = dir.join(format!("{name}-{}.log", admin.port()));
-        let process =
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("{name}-{n}.log"));
+        let mut process =
             fhr_testenv::OwnedChild::spawn(name, command, &log).expect("start the daemon");
+        let admin = listening_address(&mut process, &log);
         Daemon {
             process,
             admin,
