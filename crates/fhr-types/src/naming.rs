@@ -65,10 +65,22 @@ pub fn release_name(
 }
 
 /// A value as it is written into a label (an owner's name, a replica, a group): itself when it
-/// fits the 63 characters of a label value, else a digest of it.
+/// is a valid label value (at most 63 characters, alphanumerics and `-_.` inside), else a digest
+/// of it: a replica named by a host name must not make every Helm record it writes invalid.
 pub fn label_value(value: &str) -> String {
     use sha2::Digest as _;
-    if value.len() <= 63 {
+    let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let valid = value.len() <= 63
+        && value.chars().all(inner)
+        && value
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .last()
+            .is_none_or(|c| c.is_ascii_alphanumeric());
+    if valid {
         value.to_owned()
     } else {
         format!(
@@ -136,5 +148,20 @@ mod tests {
     fn dotted_resource_names_make_an_invalid_default() {
         // metadata.name may hold dots; a Helm release name may not, so the user must set releaseName.
         assert!(release_name("ns", "my.app", None).is_err());
+    }
+
+    #[test]
+    fn label_values_are_kept_when_valid_and_hashed_when_not() {
+        assert_eq!(
+            label_value("helm-operator-5d8c-x2x"),
+            "helm-operator-5d8c-x2x"
+        );
+        for odd in ["host name-12", "-leading", &"x".repeat(64), "a/b"] {
+            let value = label_value(odd);
+            assert!(
+                value.starts_with("h-") && value.len() <= 63,
+                "{odd}: {value}"
+            );
+        }
     }
 }
