@@ -21,7 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -108,10 +108,12 @@ impl Membership {
     pub async fn run(self, changed: impl Fn() + Send + 'static, shutdown: CancellationToken) {
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let mut listing: Option<BTreeSet<String>> = None;
+        // kube's backoff between failed watches: the loop keeps renewing meanwhile.
         let mut leases = watcher(
             self.api.clone(),
             watcher::Config::default().labels(&self.selector()),
         )
+        .default_backoff()
         .boxed();
         let mut renewed_at: Option<Instant> = None;
         // When the watch last showed this replica's own Lease renewed: proof that it is current.
@@ -139,7 +141,6 @@ impl Membership {
                     }
                     Some(Err(e)) => {
                         warn!(group = %self.group, error = %e, "watching member Leases failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     None => return,
                 },

@@ -236,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_of_a_member_that_left_move_at_once_and_are_never_fenced_twice() {
+    fn keys_of_a_member_that_left_move_at_once() {
         let start = Instant::now();
         let mut ring = Ring::new("op-a", LEASE, start);
         ring.observe(set(&["op-a", "op-b"]), start);
@@ -278,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_moved_back_and_forth_stays_fenced_while_its_previous_owner_lives() {
+    fn a_joiner_waits_a_lease_for_keys_of_a_live_member_and_then_forgets_old_views() {
         let start = Instant::now();
         let mut ring = Ring::new("op-a", LEASE, start);
         ring.observe(set(&["op-b"]), start);

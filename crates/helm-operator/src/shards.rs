@@ -9,7 +9,7 @@ use fhr_types::FluxHelmRelease;
 use futures::channel::mpsc::UnboundedSender;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -26,9 +26,10 @@ pub struct Shards {
     acting: watch::Receiver<bool>,
 }
 
-/// The key a release is placed by: stable for the resource's life, known before reading it.
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// The key a release is placed by (and its metrics are kept under): `namespace/name`, stable
+/// for the resource's life, known before reading it.
+fn key(fhr: &FluxHelmRelease) -> String {
+    format!("{}/{}", fhr.namespace().unwrap_or_default(), fhr.name_any())
 }
 
 impl Shards {
@@ -75,10 +76,7 @@ impl Shards {
             return Decision::Act;
         };
         let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.decide(
-            &key(&fhr.namespace().unwrap_or_default(), &fhr.name_any()),
-            Instant::now(),
-        )
+        ring.decide(&key(fhr), Instant::now())
     }
 
     /// Whether `latest`, left pending, may be marked failed. With one acting replica, a pending
@@ -111,47 +109,49 @@ impl Shards {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let mut owned: HashSet<ObjectRef<FluxHelmRelease>> = HashSet::new();
+        let mut owned: HashMap<String, ObjectRef<FluxHelmRelease>> = HashMap::new();
         let mut was: (bool, BTreeSet<String>) = (false, BTreeSet::new());
         loop {
-            let (now_owned, members, member) = if let Some(ring) = &self.ring {
-                let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-                let mine = store
+            // In a block: the ring's lock must not be held across the await below.
+            let (now_owned, members, member) = {
+                let ring = self
+                    .ring
+                    .as_ref()
+                    .map(|ring| ring.lock().unwrap_or_else(|e| e.into_inner()));
+                let now_owned: HashMap<_, _> = store
                     .state()
                     .iter()
-                    .filter(|fhr| {
-                        let key = key(&fhr.namespace().unwrap_or_default(), &fhr.name_any());
-                        ring.owner(&key) == Some(ring.me())
+                    .map(|fhr| (key(fhr), fhr))
+                    .filter(|(key, _)| {
+                        ring.as_ref()
+                            .is_none_or(|ring| ring.owner(key) == Some(ring.me()))
                     })
-                    .map(|fhr| ObjectRef::from_obj(&**fhr))
-                    .collect::<HashSet<_>>();
-                let member = ring.members().contains(ring.me());
-                (mine, ring.members().clone(), member)
-            } else {
-                let all = store
-                    .state()
-                    .iter()
-                    .map(|fhr| ObjectRef::from_obj(&**fhr))
+                    .map(|(key, fhr)| (key, ObjectRef::from_obj(&**fhr)))
                     .collect();
-                (all, BTreeSet::from([self.replica.clone()]), true)
+                let (members, member) = match &ring {
+                    Some(ring) => (ring.members().clone(), ring.members().contains(ring.me())),
+                    None => (BTreeSet::from([self.replica.clone()]), true),
+                };
+                (now_owned, members, member)
             };
-            let gained: Vec<_> = now_owned.difference(&owned).cloned().collect();
-            let lost: Vec<_> = owned.difference(&now_owned).cloned().collect();
+            let gained: Vec<_> = now_owned
+                .iter()
+                .filter(|(key, _)| !owned.contains_key(*key))
+                .map(|(_, resource)| resource.clone())
+                .collect();
+            let lost: Vec<_> = owned
+                .keys()
+                .filter(|key| !now_owned.contains_key(*key))
+                .cloned()
+                .collect();
             // Resources the watch brings are queued by it; these came by a change of membership.
             if self.ring.is_some() {
                 for resource in &gained {
                     let _ = trigger.unbounded_send(resource.clone());
                 }
             }
-            for resource in &lost {
-                metrics.set_ready(
-                    format!(
-                        "{}/{}",
-                        resource.namespace.as_deref().unwrap_or_default(),
-                        resource.name
-                    ),
-                    None,
-                );
+            for key in lost.iter().cloned() {
+                metrics.set_ready(key, None);
             }
             // Joining or leaving, or resources coming and going, are not handovers.
             let (moved_in, moved_out) = if was.0 && member && was.1 != members {
@@ -242,12 +242,9 @@ mod tests {
             LEASE,
             acting,
         );
-        let action = std::future::pending::<()>();
         member.send(false).unwrap();
-        tokio::select! {
-            () = action => unreachable!(),
-            () = shards.fenced() => {}
-        }
+        let fenced = tokio::time::timeout(Duration::from_secs(5), shards.fenced()).await;
+        assert!(fenced.is_ok(), "not fenced after dropping out");
         // With no coordination (the sender gone), nothing fences.
         let (gone, acting) = watch::channel(true);
         drop(gone);

@@ -235,13 +235,9 @@ fn identity(replica: &Daemon) -> String {
     format!("{}-{}", host.trim(), replica.process.id())
 }
 
-async fn metric(replica: &Daemon, series: &str) -> f64 {
-    replica.metric(series).await
-}
-
 /// Helm actions a replica has taken.
 async fn actions(replica: &Daemon) -> f64 {
-    metric(replica, "fhr_operator_helm_actions_total").await
+    replica.metric("fhr_operator_helm_actions_total").await
 }
 
 /// Waits until the replicas' shares add up to every release, with none counted twice; the
@@ -253,13 +249,13 @@ async fn wait_shares_settle(replicas: &[&Daemon], members: usize) -> Vec<f64> {
         || async {
             let mut shares = Vec::new();
             for replica in replicas {
-                if metric(replica, "fhr_operator_shard_members").await != members as f64 {
+                if replica.metric("fhr_operator_shard_members").await != members as f64 {
                     return Err(format!(
                         "{} does not see {members} members",
                         identity(replica)
                     ));
                 }
-                shares.push(metric(replica, "fhr_operator_shard_releases").await);
+                shares.push(replica.metric("fhr_operator_shard_releases").await);
             }
             if shares.iter().sum::<f64>() == RELEASES as f64 {
                 Ok(shares)
@@ -353,8 +349,11 @@ async fn replicas_split_releases_and_hand_them_over_without_acting_twice() {
         "upgrades {moved:?}"
     );
     assert!(moved[2] > 0.0, "the new replica acted on nothing");
-    let lost = metric(&b, "fhr_operator_shard_handovers_total{direction=\"lost\"}").await
-        + metric(&c, "fhr_operator_shard_handovers_total{direction=\"lost\"}").await;
+    let lost = b
+        .metric("fhr_operator_shard_handovers_total{direction=\"lost\"}")
+        .await
+        + c.metric("fhr_operator_shard_handovers_total{direction=\"lost\"}")
+            .await;
     assert!(lost >= shares[2], "handovers counted: {lost}");
 }
 
